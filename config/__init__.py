@@ -1,0 +1,7 @@
+"""Django project wiring for the Corral control plane."""
+
+from __future__ import annotations
+
+from config.celery import app as celery_app
+
+__all__ = ["celery_app"]

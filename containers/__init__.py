@@ -1,0 +1,1 @@
+"""Projects (tenants), images and containers across the fleet."""

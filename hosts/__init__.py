@@ -1,0 +1,1 @@
+"""Hosts: enrollment, inventory, liveness, certification, operations, SSH bootstrap."""
