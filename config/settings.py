@@ -52,6 +52,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "hosts.audit.AuditMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -189,6 +190,9 @@ CORRAL = {
     # The broker URL handed to agents at enrollment (what they can reach).
     "AGENT_BROKER_URL": env_str("CORRAL_AGENT_BROKER_URL", CELERY_BROKER_URL),
     "PUBLIC_URL": env_str("CORRAL_PUBLIC_URL", "http://127.0.0.1:8000"),
+    # Certification profile a host is evaluated under unless its label
+    # corral.certification/profile names another.
+    "HOST_PROFILE": env_str("CORRAL_HOST_PROFILE", "certified-container-host"),
 }
 
 LOGGING = {

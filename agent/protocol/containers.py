@@ -77,7 +77,7 @@ class PortMapping(Message):
     container_port: int
     host_port: int
     protocol: Literal["tcp", "udp"] = "tcp"
-    host_ip: str = "0.0.0.0"
+    host_ip: str = "0.0.0.0"  # noqa: S104 - published on every host address unless narrowed
 
     def validate(self) -> None:
         for name in ("container_port", "host_port"):
@@ -180,7 +180,9 @@ class ContainerSpec(Message):
                 raise ProtocolError(f"env.{key}", "not a valid variable name")
         if self.working_dir is not None and not self.working_dir.startswith("/"):
             raise ProtocolError("working_dir", "must be an absolute path")
-        if self.user is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?", self.user):
+        if self.user is not None and not re.fullmatch(
+            r"[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?", self.user
+        ):
             raise ProtocolError("user", "must be user[:group] (names or ids)")
         if self.idle_stop_seconds is not None and not self.sockets:
             raise ProtocolError("idle_stop_seconds", "only applies to socket-activated containers")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from agent.protocol.containers import ContainerSpec, ContainerStatus, ContainerStats, ImageRef
+from agent.protocol.containers import ContainerSpec, ContainerStats, ContainerStatus, ImageRef
 from agent.protocol.errors import ProtocolError
 from agent.protocol.schema import Message
 

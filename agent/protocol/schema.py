@@ -83,7 +83,7 @@ def _dump(value: Any) -> Any:
     return value
 
 
-def _load(tp: Any, value: Any, path: str) -> Any:  # noqa: C901 - one dispatch over type kinds
+def _load(tp: Any, value: Any, path: str) -> Any:
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         args = get_args(tp)

@@ -1,0 +1,41 @@
+"""Control-plane tasks of the hosts app: inventory ingestion and periodic liveness jobs.
+Thin: verify, then call services. Heartbeats and operation results touch containers too and
+are handled in containers/tasks.py."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+
+from agent.protocol import names
+from agent.protocol.messages import InventoryReport
+from hosts import services
+from hosts.reports import ReportRejected, verify_report
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name=names.CP_INVENTORY, ignore_result=True)
+def inventory_report(message: Any) -> None:
+    try:
+        host, report = verify_report(message, names.CP_INVENTORY)
+    except ReportRejected as exc:
+        logger.warning("inventory report rejected: %s", exc)
+        return
+    assert isinstance(report, InventoryReport)
+    services.host_inventory_record(host, report)
+    from hosts.certification import host_certification_record
+
+    host_certification_record(host, report)
+
+
+@shared_task(name="controlplane.hosts.liveness_sweep", ignore_result=True)
+def liveness_sweep() -> dict[str, int]:
+    return services.hosts_liveness_sweep()
+
+
+@shared_task(name="controlplane.operations.expire", ignore_result=True)
+def operations_expire() -> int:
+    return services.operations_expire()
