@@ -1,0 +1,88 @@
+"""collect_inventory(): degradation, deadline, hashing and heartbeat stats."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent import inventory
+from agent.inventory import _base, collect_inventory, inventory_hash, quick_stats
+
+
+@pytest.mark.privileged
+def test_full_inventory_has_every_section_and_runs_well_under_one_second() -> None:
+    collect_inventory()  # warm imports and page cache
+    start = time.perf_counter()
+    inv = collect_inventory()
+    elapsed = time.perf_counter() - start
+    assert set(inv) == set(inventory.COLLECTORS) | {"_meta"}
+    unknown = {k: v for k, v in inv.items() if isinstance(v, dict) and v.get("status")}
+    assert unknown == {}, unknown
+    assert elapsed < 1.0, inv["_meta"]
+
+
+def test_a_crashing_collector_costs_only_its_own_section() -> None:
+    def broken() -> dict[str, object]:
+        raise RuntimeError("disk on fire")
+
+    inv = collect_inventory({"broken": broken, "agent": inventory.COLLECTORS["agent"]})
+    assert inv["broken"]["status"] == "unknown"
+    assert "RuntimeError: disk on fire" in inv["broken"]["reason"]
+    assert inv["agent"]["version"]
+
+
+def test_a_stuck_collector_is_reported_unknown_at_the_deadline() -> None:
+    release = threading.Event()
+
+    def stuck() -> dict[str, object]:
+        release.wait(10)
+        return {"never": True}
+
+    start = time.perf_counter()
+    try:
+        inv = collect_inventory({"stuck": stuck, "agent": inventory.COLLECTORS["agent"]}, 0.2)
+    finally:
+        release.set()
+    assert time.perf_counter() - start < 1.0
+    assert inv["stuck"] == {"status": "unknown", "reason": "collector did not finish within 0.2 s"}
+    assert inv["agent"]["version"]
+
+
+def test_collectors_degrade_on_a_host_where_nothing_is_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_base, "ROOT", tmp_path)
+    inv = collect_inventory()
+    for name in ("cpu", "memory", "disks", "network", "os", "kernel_config", "namespaces"):
+        assert inv[name]["status"] == "unknown", name
+        assert inv[name]["reason"], name
+
+
+@pytest.mark.privileged
+def test_hash_is_stable_across_collections_and_ignores_volatile_facts() -> None:
+    first, second = collect_inventory(), collect_inventory()
+    assert inventory_hash(first) == inventory_hash(second)
+    changed = copy.deepcopy(first)
+    changed["memory"]["available_bytes"] = 1
+    changed["disks"]["filesystems"][0]["free_bytes"] = 1
+    changed["_meta"]["elapsed_ms"] = 1e6
+    assert inventory_hash(changed) == inventory_hash(first)
+
+
+def test_hash_changes_when_a_stable_fact_changes() -> None:
+    inv = {"kernel": {"release": "6.1.0"}, "memory": {"total_bytes": 1, "free_bytes": 5}}
+    other = copy.deepcopy(inv)
+    other["kernel"]["release"] = "6.1.1"
+    assert inventory_hash(inv) != inventory_hash(other)
+    assert inventory_hash(inv).startswith("sha256:")
+
+
+def test_quick_stats_agree_with_the_memory_collector() -> None:
+    stats = quick_stats()
+    assert stats["memory_total"] == inventory.COLLECTORS["memory"]()["total_bytes"]
+    assert stats["load1"] is not None and stats["load1"] >= 0
+    assert 0 < stats["memory_available"] <= stats["memory_total"]
