@@ -20,6 +20,7 @@ from agent.runtime.cgroups.base import (
 from agent.runtime.cgroups.detect import detect_driver
 from agent.runtime.cgroups.paths import cgroups_path_for, expand_slice, parse_systemd_path
 from agent.runtime.cgroups.v1 import V1Manager
+from agent.runtime.cgroups.v2 import V2Manager
 
 __all__ = [
     "CgroupError",
@@ -28,6 +29,7 @@ __all__ = [
     "Manager",
     "ResourceLimits",
     "V1Manager",
+    "V2Manager",
     "blkio_weight_to_io_weight",
     "cgroups_path_for",
     "detect_driver",
@@ -47,4 +49,6 @@ def new_manager(
     chosen = driver or detect_driver(root=root)
     if chosen == "v1":
         return V1Manager(cgroups_path, root=root)
+    if chosen == "v2":
+        return V2Manager(cgroups_path, root=root)
     raise CgroupError("new_manager", "driver", f"{chosen!r} is not one of v1, v2, systemd")

@@ -68,12 +68,14 @@ def shares_to_weight(shares: int) -> int:
 def weight_to_shares(weight: int) -> int:
     """cgroup v2 ``cpu.weight`` (1-10000) -> v1 ``cpu.shares``: the inverse of
     :func:`shares_to_weight` (solve ``l*l + 125*l - 612*(log10(w) + 7/34) = 0`` for ``l``),
-    so 1 -> 2, 100 -> 1024, 10000 -> 262144."""
+    so 1 -> 2, 100 -> 1024, 10000 -> 262144. Rounded down (with a tiny epsilon against
+    float error) because the forward direction rounds up: then every weight survives the
+    round trip weight -> shares -> weight exactly."""
     if not WEIGHT_MIN <= weight <= WEIGHT_MAX:
         raise CgroupError("set", "cpu.weight", f"{weight} is outside {WEIGHT_MIN}-{WEIGHT_MAX}")
     exponent = math.log10(weight) + 7.0 / 34.0
     log = (-125.0 + math.sqrt(125.0 * 125.0 + 4.0 * 612.0 * exponent)) / 2.0
-    return min(SHARES_MAX, max(SHARES_MIN, round(2**log)))
+    return min(SHARES_MAX, max(SHARES_MIN, math.floor(2**log + 1e-6)))
 
 
 def blkio_weight_to_io_weight(weight: int) -> int:
@@ -136,7 +138,9 @@ class ResourceLimits:
 
 
 def _section(res: dict[str, Any], key: str) -> dict[str, Any]:
-    value = res.get(key) or {}
+    value = res.get(key)
+    if value is None:
+        return {}
     if not isinstance(value, dict):
         raise CgroupError("set", key, "must be an object")
     return value
@@ -171,6 +175,8 @@ class Manager(abc.ABC):
 
     driver: Driver
     cgroups_path: str
+    # How long destroy() retries EBUSY while the kernel finishes reaping the last process.
+    destroy_timeout: float = 1.0
 
     @abc.abstractmethod
     def create(self) -> None:

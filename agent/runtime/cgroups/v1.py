@@ -39,9 +39,11 @@ class V1Manager(Manager):
 
     driver = "v1"
 
-    def __init__(self, cgroups_path: str, *, root: str = "/sys/fs/cgroup") -> None:
+    def __init__(
+        self, cgroups_path: str, *, root: str = "/sys/fs/cgroup", fs: CgroupFS | None = None
+    ) -> None:
         self.cgroups_path = parse_fs_path(cgroups_path)
-        self.fs = CgroupFS(root)
+        self.fs = fs or CgroupFS(root)
 
     # -- paths -------------------------------------------------------------------------
 
@@ -111,7 +113,7 @@ class V1Manager(Manager):
     def destroy(self) -> None:
         for controller in CONTROLLERS:
             if self.fs.exists(self._rel(controller)):
-                self.fs.rmdir_tree(self._rel(controller))
+                self.fs.rmdir_tree(self._rel(controller), timeout=self.destroy_timeout)
 
     # -- resources ---------------------------------------------------------------------
 
