@@ -170,6 +170,15 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 16, minimum=1)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    "liveness-sweep": {
+        "task": "controlplane.hosts.liveness_sweep",
+        "schedule": env_float("CORRAL_LIVENESS_CHECK_EVERY", 5.0, minimum=0.1),
+    },
+    "operations-expire": {"task": "controlplane.operations.expire", "schedule": 10.0},
+    "containers-reconcile": {"task": "controlplane.containers.reconcile", "schedule": 30.0},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # --- Corral ------------------------------------------------------------------------------
 CORRAL = {

@@ -19,6 +19,12 @@ from hosts.services import operation_fail, operation_transition
 logger = logging.getLogger(__name__)
 
 
+def require_reachable(host: Host) -> None:
+    """Raise HostUnavailable (503) naming why, before anything is created for the host."""
+    if not host_is_reachable(host):
+        raise HostUnavailable(offline_reason(host))
+
+
 def host_is_reachable(host: Host) -> bool:
     return host.status in (HostStatus.ONLINE, HostStatus.UNKNOWN) and bool(host.public_key)
 
@@ -32,13 +38,12 @@ def offline_reason(host: Host) -> str:
 
 def send_command(op: Operation, kind: str, payload: Message) -> Operation:
     """Send ``payload`` to the operation's host after commit. An offline host fails the
-    operation at once with a reason and raises HostUnavailable (503)."""
+    operation at once with a reason (the caller sees ``op.status == "failed"``)."""
     host = op.host
     assert host is not None, "a command needs a host"
     if not host_is_reachable(host):
-        reason = offline_reason(host)
-        operation_fail(op, code="host_unavailable", error=reason)
-        raise HostUnavailable(reason, operation=str(op.pk))
+        operation_fail(op, code="host_unavailable", error=offline_reason(host))
+        return op
 
     message = envelope.seal(
         signing_key(),

@@ -24,9 +24,29 @@ class Ping(Message):
 
 
 @dataclass(frozen=True)
+class RegistryAuth(Message):
+    """Credentials for one pull; decrypted by the control plane only to send them."""
+
+    username: str = ""
+    password: str = ""
+    ca_pem: str | None = None
+
+
+@dataclass(frozen=True)
+class PullImage(Message):
+    image: ImageRef
+    registry_url: str | None = None
+    auth: RegistryAuth | None = None
+
+
+@dataclass(frozen=True)
 class CreateContainer(Message):
+    """Create (and by default start) a container; ``pull`` fetches its image first when the
+    host does not hold it yet."""
+
     spec: ContainerSpec
     start: bool = True
+    pull: PullImage | None = None
 
 
 @dataclass(frozen=True)
@@ -51,22 +71,6 @@ class LogsRequest(Message):
     def validate(self) -> None:
         if self.tail is not None and not 0 <= self.tail <= 100_000:
             raise ProtocolError("tail", "must be between 0 and 100000")
-
-
-@dataclass(frozen=True)
-class RegistryAuth(Message):
-    """Credentials for one pull; decrypted by the control plane only to send them."""
-
-    username: str = ""
-    password: str = ""
-    ca_pem: str | None = None
-
-
-@dataclass(frozen=True)
-class PullImage(Message):
-    image: ImageRef
-    registry_url: str | None = None
-    auth: RegistryAuth | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,217 @@
+"""Serializers of the containers API: shapes only; rules live in models and services."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from rest_framework import serializers
+
+from agent.protocol.containers import ENV_NAME_RE, PortMapping
+from agent.protocol.errors import ProtocolError
+from containers.choices import NetworkMode, Role
+from containers.models import Container, ContainerEvent, Image, Membership, Project
+from hosts.models import Host
+
+RESTART_RE = re.compile(r"^(no|always|on-failure(:(\d{1,4}))?)$")
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    container_count = serializers.IntegerField(read_only=True, default=0)
+
+    class Meta:
+        model = Project
+        fields = [
+            "id",
+            "slug",
+            "name",
+            "description",
+            "max_containers",
+            "max_memory_bytes",
+            "max_cpu_millicores",
+            "cpu_weight",
+            "require_certified_hosts",
+            "require_certified_images",
+            "host_profile",
+            "image_profile",
+            "allow_host_network",
+            "container_count",
+            "created_at",
+        ]
+        read_only_fields = ["id", "created_at", "container_count"]
+
+
+class MembershipSerializer(serializers.ModelSerializer):
+    username = serializers.SlugRelatedField(
+        source="user", slug_field="username", queryset=get_user_model().objects.all()
+    )
+    role = serializers.ChoiceField(choices=Role.choices)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "username", "role"]
+
+
+class ContainerSerializer(serializers.ModelSerializer):
+    project = serializers.SlugRelatedField(slug_field="slug", queryset=Project.objects.all())
+    host = serializers.PrimaryKeyRelatedField(
+        queryset=Host.objects.all(),
+        required=False,
+        allow_null=True,
+        help_text="Pin to this host; leave empty to let placement choose.",
+    )
+    host_name = serializers.CharField(source="host.name", read_only=True, default=None)
+    image = serializers.CharField(
+        source="image_reference",
+        required=False,
+        allow_blank=True,
+        help_text="Image reference, e.g. registry:5000/app:1.2",
+    )
+    restart_policy = serializers.CharField(
+        required=False, default="no", help_text="no | on-failure[:N] | always"
+    )
+    command = serializers.ListField(child=serializers.CharField(), required=False)
+    args = serializers.ListField(child=serializers.CharField(), required=False)
+    env = serializers.DictField(child=serializers.CharField(allow_blank=True), required=False)
+    labels = serializers.DictField(child=serializers.CharField(allow_blank=True), required=False)
+    placement = serializers.DictField(child=serializers.CharField(), required=False)
+    network_mode = serializers.ChoiceField(choices=NetworkMode.choices, default="none")
+    ports = serializers.ListField(child=serializers.DictField(), required=False)
+
+    class Meta:
+        model = Container
+        fields = [
+            "id",
+            "project",
+            "name",
+            "host",
+            "host_name",
+            "mode",
+            "image",
+            "command",
+            "args",
+            "env",
+            "working_dir",
+            "user",
+            "cpu_weight",
+            "cpu_millicores",
+            "memory_limit",
+            "pids_limit",
+            "restart_policy",
+            "network_mode",
+            "ports",
+            "labels",
+            "placement",
+            "desired_state",
+            "observed_state",
+            "observed_at",
+            "exit_code",
+            "pid",
+            "restart_count",
+            "selinux_label",
+            "ip_address",
+            "detail",
+            "started_at",
+            "finished_at",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = [
+            "id",
+            "desired_state",
+            "observed_state",
+            "observed_at",
+            "exit_code",
+            "pid",
+            "restart_count",
+            "selinux_label",
+            "ip_address",
+            "detail",
+            "started_at",
+            "finished_at",
+            "created_at",
+            "updated_at",
+        ]
+
+    def to_representation(self, instance: Container) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        policy = instance.restart_policy
+        if policy == "on-failure" and instance.restart_max_retries:
+            policy = f"on-failure:{instance.restart_max_retries}"
+        data["restart_policy"] = policy
+        return data
+
+    def validate_restart_policy(self, value: str) -> str:
+        if not RESTART_RE.match(value):
+            raise serializers.ValidationError("Use no, always, on-failure or on-failure:N.")
+        return value
+
+    def validate_env(self, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not ENV_NAME_RE.match(k)]
+        if bad:
+            raise serializers.ValidationError(f"Not a valid variable name: {bad[0]!r}.")
+        return value
+
+    def validate_ports(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(PortMapping.from_dict(item).to_dict())
+            except ProtocolError as exc:
+                raise serializers.ValidationError(
+                    f"ports[{i}].{exc.field}: {exc.message}"
+                ) from None
+        return out
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        policy = attrs.pop("restart_policy", "no")
+        name, _, retries = policy.partition(":")
+        attrs["restart_policy"] = name
+        attrs["restart_max_retries"] = int(retries or 0)
+        return attrs
+
+
+class ContainerActionSerializer(serializers.Serializer):
+    timeout = serializers.IntegerField(required=False, default=10, min_value=0, max_value=3600)
+    force = serializers.BooleanField(required=False, default=False)
+
+
+class ContainerEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ContainerEvent
+        fields = ["at", "kind", "message", "data"]
+
+
+class ImageSerializer(serializers.ModelSerializer):
+    project = serializers.SlugRelatedField(slug_field="slug", queryset=Project.objects.all())
+
+    class Meta:
+        model = Image
+        fields = [
+            "id",
+            "project",
+            "reference",
+            "digest",
+            "source",
+            "registry_url",
+            "size",
+            "platform",
+            "labels",
+            "layers",
+            "certification",
+            "findings",
+            "created_at",
+        ]
+        read_only_fields = [
+            "id",
+            "digest",
+            "source",
+            "size",
+            "platform",
+            "labels",
+            "layers",
+            "certification",
+            "findings",
+            "created_at",
+        ]

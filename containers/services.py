@@ -1,0 +1,443 @@
+"""Container workflows: create with quotas and placement, actions, results and heartbeats from
+agents, reconciliation of desired and observed state. Views, API, admin and tasks call these."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from agent.protocol import names
+from agent.protocol.containers import ContainerSpec, ContainerStatus, ImageRef
+from agent.protocol.messages import ContainerAction, CreateContainer, PullImage
+from config.errors import CorralError, InvalidTransition, QuotaExceeded
+from containers.choices import ContainerMode, DesiredState, ObservedState
+from containers.models import Container, ContainerEvent, Image, Project
+from containers.placement import place
+from hosts import dispatch
+from hosts.choices import OPERATION_ACTIVE, CertificationStatus
+from hosts.models import Host, Operation
+from hosts.services import operation_create, operation_event
+
+logger = logging.getLogger(__name__)
+
+CPU_PERIOD_US = 100_000
+LIVE_STATES = (ObservedState.CREATED, ObservedState.RUNNING, ObservedState.PAUSED)
+
+
+class ImageNotCertified(CorralError):
+    http_status = 409
+    code = "image_not_certified"
+
+
+def container_event(container: Container, kind: str, message: str = "", **data: Any) -> None:
+    ContainerEvent.objects.create(container=container, kind=kind, message=message[:512], data=data)
+
+
+# --- quotas --------------------------------------------------------------------------------
+
+
+def project_usage(project: Project) -> dict[str, int]:
+    live = project.containers.filter(removed_at__isnull=True)
+    agg = live.aggregate(memory=Sum("memory_limit"), cpu=Sum("cpu_millicores"))
+    return {
+        "containers": live.count(),
+        "memory_bytes": int(agg["memory"] or 0),
+        "cpu_millicores": int(agg["cpu"] or 0),
+    }
+
+
+def quota_check(project: Project, container: Container) -> None:
+    """Raise QuotaExceeded naming the quota, its limit and the current use."""
+    usage = project_usage(project)
+    checks = (
+        ("max_containers", project.max_containers, usage["containers"], 1),
+        (
+            "max_memory_bytes",
+            project.max_memory_bytes,
+            usage["memory_bytes"],
+            container.memory_limit or 0,
+        ),
+        (
+            "max_cpu_millicores",
+            project.max_cpu_millicores,
+            usage["cpu_millicores"],
+            container.cpu_millicores or 0,
+        ),
+    )
+    for quota, limit, used, wanted in checks:
+        if limit is not None and used + wanted > limit:
+            raise QuotaExceeded(
+                f"Project {project.slug}: quota {quota} is {limit}, {used} in use, "
+                f"this container needs {wanted}.",
+                quota=quota,
+                limit=limit,
+                used=used,
+                requested=wanted,
+            )
+
+
+# --- specs ---------------------------------------------------------------------------------
+
+
+def container_spec(container: Container) -> ContainerSpec:
+    """The wire spec an agent receives; validated by the protocol (field errors -> 400)."""
+    resources = {
+        "cpu_weight": container.cpu_weight,
+        "memory_limit": container.memory_limit,
+        "pids_limit": container.pids_limit,
+    }
+    if container.cpu_millicores:
+        resources["cpu_quota_us"] = container.cpu_millicores * CPU_PERIOD_US // 1000
+    data: dict[str, Any] = {
+        "id": str(container.pk),
+        "name": container.name,
+        "project": container.project.slug,
+        "mode": container.mode,
+        "command": list(container.command),
+        "args": list(container.args),
+        "env": dict(container.env),
+        "hostname": container.name.replace("_", "-").replace(".", "-")[:63],
+        "resources": {k: v for k, v in resources.items() if v is not None},
+        "restart_policy": {
+            "name": container.restart_policy,
+            "max_retries": container.restart_max_retries,
+        },
+        "network": {"mode": container.network_mode, "ports": list(container.ports)},
+        "labels": dict(container.labels),
+    }
+    if container.working_dir:
+        data["working_dir"] = container.working_dir
+    if container.user:
+        data["user"] = container.user
+    if container.mode == ContainerMode.IMAGE:
+        image: dict[str, Any] = {"reference": container.image_reference}
+        if container.image and container.image.digest:
+            image["digest"] = container.image.digest
+        data["image"] = image
+    return ContainerSpec.from_dict(data)
+
+
+def _pull_for(container: Container) -> PullImage | None:
+    if container.mode != ContainerMode.IMAGE:
+        return None
+    image = container.image
+    registry_url = image.registry_url if image else None
+    if image is not None and image.source == "upload":
+        registry_url = settings.CORRAL["PUBLIC_URL"]
+    return PullImage(
+        image=ImageRef(
+            reference=container.image_reference,
+            digest=image.digest if image and image.digest else None,
+        ),
+        registry_url=registry_url or None,
+    )
+
+
+# --- create --------------------------------------------------------------------------------
+
+
+def _image_for(project: Project, reference: str) -> Image:
+    image, _ = Image.objects.get_or_create(project=project, reference=reference)
+    if project.require_certified_images and image.certification != CertificationStatus.CERTIFIED:
+        failed = [f.get("id") for f in image.findings if f.get("verdict") == "fail"]
+        raise ImageNotCertified(
+            f"Project {project.slug} requires certified images; {reference} is "
+            f"{image.get_certification_display().lower()}"
+            + (f" (failed: {', '.join(failed)})." if failed else "."),
+            failed_findings=failed,
+        )
+    return image
+
+
+@transaction.atomic
+def container_create(
+    *, user: Any, project: Project, host: Host | None = None, **fields: Any
+) -> tuple[Container, Operation]:
+    """Validate, check quotas, place, record, and send the create command after commit."""
+    project = Project.objects.select_for_update().get(pk=project.pk)
+    container = Container(project=project, created_by=user, **fields)
+    container.full_clean(exclude=["id", "host", "image"])
+    if Container.objects.filter(
+        project=project, name=container.name, removed_at__isnull=True
+    ).exists():
+        raise CorralError(
+            f"A container named {container.name!r} already exists in project {project.slug}.",
+            field="name",
+        )
+    if container.network_mode == "host" and not project.allow_host_network:
+        raise CorralError(
+            f"Project {project.slug} may not use the host network.", field="network_mode"
+        )
+    quota_check(project, container)
+    if container.mode == ContainerMode.IMAGE:
+        container.image = _image_for(project, container.image_reference)
+    decision = place(project, container, pinned=host)
+    container.host = decision.host
+    container.save()
+    spec = container_spec(container)
+    op = operation_create(
+        kind=names.AGENT_CONTAINER_CREATE,
+        host=container.host,
+        target_type="container",
+        target_id=str(container.pk),
+        project_slug=project.slug,
+        requested_by=user,
+        payload={"name": container.name},
+    )
+    operation_event(op, decision.explanation, data={"scores": decision.scores})
+    container_event(container, "create", decision.explanation, operation=str(op.pk))
+    dispatch.send_command(
+        op,
+        names.AGENT_CONTAINER_CREATE,
+        CreateContainer(
+            spec=spec,
+            start=container.desired_state == DesiredState.RUNNING,
+            pull=_pull_for(container),
+        ),
+    )
+    return container, op
+
+
+# --- actions -------------------------------------------------------------------------------
+
+ACTIONS = {
+    "start": (names.AGENT_CONTAINER_START, DesiredState.RUNNING),
+    "stop": (names.AGENT_CONTAINER_STOP, DesiredState.STOPPED),
+    "restart": (names.AGENT_CONTAINER_RESTART, DesiredState.RUNNING),
+    "remove": (names.AGENT_CONTAINER_REMOVE, DesiredState.REMOVED),
+}
+
+
+@transaction.atomic
+def container_action(
+    *, user: Any, container: Container, action: str, timeout: int = 10, force: bool = False
+) -> Operation:
+    if action not in ACTIONS:
+        raise CorralError(f"Unknown action {action!r}.", field="action")
+    kind, desired = ACTIONS[action]
+    locked = (
+        Container.objects.select_for_update().select_related("host", "project").get(pk=container.pk)
+    )
+    if locked.removed_at is not None or locked.desired_state == DesiredState.REMOVED:
+        raise InvalidTransition(f"Container {locked.name} was removed; nothing to {action}.")
+    if action == "remove" and locked.observed_state == ObservedState.RUNNING and not force:
+        raise InvalidTransition(
+            f"Container {locked.name} is running; stop it first or remove with force=true."
+        )
+    Container.objects.filter(pk=locked.pk).update(desired_state=desired)
+    op = operation_create(
+        kind=kind,
+        host=locked.host,
+        target_type="container",
+        target_id=str(locked.pk),
+        project_slug=locked.project.slug,
+        requested_by=user,
+        payload={"action": action, "timeout": timeout, "force": force},
+    )
+    container_event(locked, action, f"{action} requested", operation=str(op.pk))
+    dispatch.send_command(
+        op, kind, ContainerAction(container_id=str(locked.pk), timeout=timeout, force=force)
+    )
+    return op
+
+
+def container_query(
+    *, user: Any, container: Container, kind: str, payload: Any, wait: float = 10.0
+) -> Operation:
+    """Ask the agent for logs or stats and wait (bounded) for the answer."""
+    dispatch.require_reachable(container.host)
+    with transaction.atomic():
+        op = operation_create(
+            kind=kind,
+            host=container.host,
+            target_type="container",
+            target_id=str(container.pk),
+            project_slug=container.project.slug,
+            requested_by=user,
+            deadline_seconds=max(wait * 3, 30),
+        )
+        dispatch.send_command(op, kind, payload)
+    deadline = time.monotonic() + wait
+    delay = 0.005
+    while time.monotonic() < deadline:
+        op.refresh_from_db(fields=["status", "result", "error", "error_code"])
+        if op.status not in OPERATION_ACTIVE:
+            return op
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    return op
+
+
+# --- reports from agents -------------------------------------------------------------------
+
+
+def _observed_fields(status: ContainerStatus, now: datetime) -> dict[str, Any]:
+    state = {"stopped": ObservedState.STOPPED}.get(status.state, status.state)
+    fields: dict[str, Any] = {
+        "observed_state": state,
+        "observed_at": now,
+        "pid": status.pid,
+        "exit_code": status.exit_code,
+        "restart_count": status.restart_count,
+        "detail": status.detail[:512],
+    }
+    if status.selinux_label:
+        fields["selinux_label"] = status.selinux_label
+    if status.ip_address:
+        fields["ip_address"] = status.ip_address
+    if status.started_at:
+        fields["started_at"] = datetime.fromtimestamp(status.started_at, tz=timezone.utc)
+    if status.finished_at:
+        fields["finished_at"] = datetime.fromtimestamp(status.finished_at, tz=timezone.utc)
+    return fields
+
+
+def container_apply_result(op: Operation) -> None:
+    """Fold a finished container operation into the container's observed state."""
+    if op.target_type != "container" or not op.target_id:
+        return
+    container = Container.objects.filter(pk=op.target_id).first()
+    if container is None:
+        return
+    now = timezone.now()
+    if op.status == "succeeded":
+        if op.kind == names.AGENT_CONTAINER_REMOVE:
+            Container.objects.filter(pk=container.pk).update(
+                observed_state=ObservedState.REMOVED, removed_at=now, observed_at=now
+            )
+            container_event(container, "removed", "removed from the host")
+            return
+        raw = op.result.get("status")
+        if isinstance(raw, dict):
+            status = ContainerStatus.from_dict(raw)
+            Container.objects.filter(pk=container.pk).update(**_observed_fields(status, now))
+            container_event(container, status.state, f"{op.kind.rsplit('.', 1)[-1]} succeeded")
+    elif op.status == "failed":
+        if op.kind == names.AGENT_CONTAINER_CREATE:
+            Container.objects.filter(pk=container.pk).update(
+                observed_state=ObservedState.FAILED,
+                observed_at=now,
+                detail=f"{op.error_code}: {op.error}"[:512],
+            )
+        container_event(container, "error", f"{op.kind}: {op.error}", code=op.error_code)
+
+
+_LAST_SEEN: dict[str, tuple[Any, ...]] = {}
+
+
+def containers_apply_heartbeat(
+    host: Host, statuses: list[ContainerStatus], *, check_missing: bool = True
+) -> int:
+    """Update observed state from a heartbeat; writes only what changed since the last beat
+    this process saw. Containers the host runs that we do not know are reported, never killed."""
+    now = timezone.now()
+    changed = 0
+    seen_ids = set()
+    for status in statuses:
+        seen_ids.add(status.id)
+        key = (status.state, status.pid, status.exit_code, status.restart_count)
+        if _LAST_SEEN.get(status.id) == key:
+            continue
+        updated = (
+            Container.objects.filter(pk=status.id, host=host)
+            .exclude(observed_state=ObservedState.REMOVED)
+            .update(**_observed_fields(status, now))
+        )
+        if updated:
+            _LAST_SEEN[status.id] = key
+            changed += 1
+        elif not Container.objects.filter(pk=status.id).exists():
+            unknown = set(host.labels.get("corral.unmanaged", "").split(",")) - {""}
+            if status.id not in unknown:
+                logger.warning(
+                    "host %s runs container %s that the control plane does not know; left running",
+                    host.pk,
+                    status.id,
+                )
+    if not check_missing:
+        return changed
+    grace = now - timedelta(seconds=2 * settings.CORRAL["HEARTBEAT_INTERVAL"])
+    missing = Container.objects.filter(
+        host=host,
+        removed_at__isnull=True,
+        observed_state__in=(*LIVE_STATES, ObservedState.EXITED, ObservedState.STOPPED),
+        observed_at__lt=grace,
+    ).exclude(pk__in=seen_ids)
+    for container in missing:
+        Container.objects.filter(pk=container.pk).update(
+            observed_state=ObservedState.MISSING, observed_at=now
+        )
+        _LAST_SEEN.pop(str(container.pk), None)
+        container_event(container, "missing", f"not reported by host {host.name}")
+        changed += 1
+    return changed
+
+
+# --- reconciliation ------------------------------------------------------------------------
+
+
+def containers_reconcile(*, now: datetime | None = None) -> dict[str, int]:
+    """Converge observed toward desired state for containers with no operation in flight:
+    remove what should be gone, stop what should be stopped, recreate what should run but is
+    missing (per restart policy). Unknown containers on hosts are only reported."""
+    counts = {"removed": 0, "stopped": 0, "recreated": 0, "reported": 0}
+    busy = Operation.objects.filter(status__in=OPERATION_ACTIVE, target_type="container")
+    candidates = (
+        Container.objects.filter(removed_at__isnull=True, host__status="online")
+        .exclude(pk__in=list(busy.values_list("target_id", flat=True)))
+        .select_related("host", "project", "image")
+    )
+    for c in candidates.filter(desired_state=DesiredState.REMOVED):
+        _resend(c, "remove", force=True)
+        counts["removed"] += 1
+    for c in candidates.filter(
+        desired_state=DesiredState.STOPPED, observed_state=ObservedState.RUNNING
+    ):
+        _resend(c, "stop")
+        counts["stopped"] += 1
+    for c in candidates.filter(
+        desired_state=DesiredState.RUNNING, observed_state=ObservedState.MISSING
+    ):
+        if c.restart_policy == "no":
+            container_event(c, "drift", "should run but is missing; restart policy is 'no'")
+            counts["reported"] += 1
+            continue
+        with transaction.atomic():
+            op = operation_create(
+                kind=names.AGENT_CONTAINER_CREATE,
+                host=c.host,
+                target_type="container",
+                target_id=str(c.pk),
+                project_slug=c.project.slug,
+                payload={"reconcile": True},
+            )
+            dispatch.send_command(
+                op,
+                names.AGENT_CONTAINER_CREATE,
+                CreateContainer(spec=container_spec(c), pull=_pull_for(c)),
+            )
+        counts["recreated"] += 1
+    return counts
+
+
+def _resend(container: Container, action: str, force: bool = False) -> None:
+    kind, _ = ACTIONS[action]
+    with transaction.atomic():
+        op = operation_create(
+            kind=kind,
+            host=container.host,
+            target_type="container",
+            target_id=str(container.pk),
+            project_slug=container.project.slug,
+            payload={"action": action, "reconcile": True},
+        )
+        dispatch.send_command(
+            op, kind, ContainerAction(container_id=str(container.pk), force=force)
+        )

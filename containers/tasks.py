@@ -1,0 +1,93 @@
+"""Control-plane tasks that touch containers: heartbeats (host liveness + observed container
+state), operation results, container events, and the periodic reconciler. Thin: verify, then
+call services."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from agent.protocol import names
+from agent.protocol.messages import ContainerEvent, Heartbeat, OperationResult
+from containers import services
+from hosts import services as host_services
+from hosts.reports import ReportRejected, verify_report
+
+logger = logging.getLogger(__name__)
+
+_last_housekeeping = 0.0
+_last_missing_check: dict[str, float] = {}
+
+
+def _housekeeping() -> None:
+    """Run in every worker at most every LIVENESS_CHECK_EVERY seconds, so offline detection
+    and the control plane's own outage detection never depend on one beat process."""
+    global _last_housekeeping
+    now = time.monotonic()
+    if now - _last_housekeeping < settings.CORRAL["LIVENESS_CHECK_EVERY"]:
+        return
+    _last_housekeeping = now
+    host_services.control_plane_resumed_at(timezone.now())
+    host_services.hosts_liveness_sweep()
+
+
+@shared_task(name=names.CP_HEARTBEAT, ignore_result=True)
+def heartbeat_report(message: Any) -> None:
+    try:
+        host, beat = verify_report(message, names.CP_HEARTBEAT, cached=True)
+    except ReportRejected as exc:
+        logger.warning("heartbeat rejected: %s", exc)
+        return
+    assert isinstance(beat, Heartbeat)
+    fresh = host_services.host_heartbeat_record(
+        host,
+        seq=beat.seq,
+        agent_version=beat.agent_version,
+        load1=beat.load1,
+        memory_available=beat.memory_available,
+        memory_total=beat.memory_total,
+    )
+    if fresh:
+        key = str(host.pk)
+        check_missing = (
+            time.monotonic() - _last_missing_check.get(key, 0.0)
+            > (settings.CORRAL["HEARTBEAT_INTERVAL"])
+        )
+        if check_missing:
+            _last_missing_check[key] = time.monotonic()
+        services.containers_apply_heartbeat(host, beat.containers, check_missing=check_missing)
+    _housekeeping()
+
+
+@shared_task(name=names.CP_OPERATION_RESULT, ignore_result=True)
+def operation_result(message: Any) -> None:
+    try:
+        host, result = verify_report(message, names.CP_OPERATION_RESULT)
+    except ReportRejected as exc:
+        logger.warning("operation result rejected: %s", exc)
+        return
+    assert isinstance(result, OperationResult)
+    op = host_services.operation_result_apply(host, result)
+    if op is not None and result.status != "running":
+        services.container_apply_result(op)
+
+
+@shared_task(name=names.CP_CONTAINER_EVENT, ignore_result=True)
+def container_event(message: Any) -> None:
+    try:
+        host, event = verify_report(message, names.CP_CONTAINER_EVENT)
+    except ReportRejected as exc:
+        logger.warning("container event rejected: %s", exc)
+        return
+    assert isinstance(event, ContainerEvent)
+    services.containers_apply_heartbeat(host, [event.status], check_missing=False)
+
+
+@shared_task(name="controlplane.containers.reconcile", ignore_result=True)
+def reconcile() -> dict[str, int]:
+    return services.containers_reconcile()
