@@ -546,3 +546,184 @@ def env_for_subprocess() -> dict[str, str]:
     repo = Path(__file__).resolve().parents[3]
     env["PYTHONPATH"] = f"{repo}{os.pathsep}{env.get('PYTHONPATH', '')}"
     return env
+
+
+# --- TLS and bearer tokens -----------------------------------------------------------------
+
+
+@dataclass
+class Pki:
+    ca_pem: str
+    cert_path: Path
+    key_path: Path
+    ca_path: Path
+
+
+def make_pki(tmp: Path, cn: str = "corral-test-ca") -> Pki:
+    """A self-signed CA and a server certificate for 127.0.0.1 signed by it."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_pem = ca.public_bytes(serialization.Encoding.PEM).decode()
+    cert_path, key_path, ca_path = tmp / "server.crt", tmp / "server.key", tmp / "ca.crt"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    ca_path.write_text(ca_pem)
+    return Pki(ca_pem, cert_path, key_path, ca_path)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenServer:
+    """A bearer token service for docker-registry's ``token`` auth: checks basic
+    credentials and mints ES256 JWTs whose x5c chain is a self-signed signing cert."""
+
+    SERVICE = "corral-test-registry"
+    ISSUER = "corral-test-issuer"
+
+    def __init__(self, tmp: Path, user: str, password: str) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self.user, self.password = user, password
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corral-token-signer")])
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(self.key, hashes.SHA256())
+        )
+        self.bundle = tmp / "token-signer.crt"
+        self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        self.requests: list[tuple[str, str | None]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server._handle(self)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def registry_config(self) -> dict[str, str]:
+        return {
+            "realm": self.realm,
+            "service": self.SERVICE,
+            "issuer": self.ISSUER,
+            "rootcertbundle": str(self.bundle),
+        }
+
+    def __enter__(self) -> TokenServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+    def mint(self, repository: str, actions: list[str]) -> str:
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        der = self.cert.public_bytes(serialization.Encoding.DER)
+        header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(der).decode()]}
+        now = int(time.time())
+        claims = {
+            "iss": self.ISSUER,
+            "sub": self.user,
+            "aud": self.SERVICE,
+            "exp": now + 300,
+            "nbf": now - 60,
+            "iat": now,
+            "jti": os.urandom(8).hex(),
+            "access": [{"type": "repository", "name": repository, "actions": actions}],
+        }
+        signing_input = (
+            f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        )
+        der_sig = self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der_sig)
+        return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+    def _handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        from urllib.parse import parse_qs
+
+        query = parse_qs(urlsplit(h.path).query)
+        scope = query.get("scope", [None])[0]
+        self.requests.append((query.get("service", [""])[0], scope))
+        expected = "Basic " + base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        if h.headers.get("Authorization") != expected:
+            h.send_response(401)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
+        repository = scope.split(":")[1] if scope else ""
+        body = json.dumps({"token": self.mint(repository, ["pull"])}).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
