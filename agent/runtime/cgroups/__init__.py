@@ -19,6 +19,7 @@ from agent.runtime.cgroups.base import (
 )
 from agent.runtime.cgroups.detect import detect_driver
 from agent.runtime.cgroups.paths import cgroups_path_for, expand_slice, parse_systemd_path
+from agent.runtime.cgroups.systemd import SystemdManager
 from agent.runtime.cgroups.v1 import V1Manager
 from agent.runtime.cgroups.v2 import V2Manager
 
@@ -28,6 +29,7 @@ __all__ = [
     "Driver",
     "Manager",
     "ResourceLimits",
+    "SystemdManager",
     "V1Manager",
     "V2Manager",
     "blkio_weight_to_io_weight",
@@ -51,4 +53,6 @@ def new_manager(
         return V1Manager(cgroups_path, root=root)
     if chosen == "v2":
         return V2Manager(cgroups_path, root=root)
+    if chosen == "systemd":
+        return SystemdManager(cgroups_path, root=root)
     raise CgroupError("new_manager", "driver", f"{chosen!r} is not one of v1, v2, systemd")

@@ -219,6 +219,16 @@ class Manager(abc.ABC):
     def path(self, controller: str | None = None) -> str:
         """Absolute directory of the cgroup (for v1: of ``controller``, default ``memory``)."""
 
+    @abc.abstractmethod
+    def kill_all(self, sig: int = 9) -> None:
+        """Send ``sig`` (default SIGKILL) to every process of the cgroup, so that none can
+        escape by forking meanwhile (``cgroup.kill`` on v2, freeze-signal-thaw on v1)."""
+
+    def remove_parent_if_empty(self) -> bool:
+        """Remove the project slice once its last container is gone; ``False`` when it is
+        still in use (or the driver leaves slices to their manager, like systemd)."""
+        return False
+
     def open_fd(self) -> int:
         """An ``O_DIRECTORY`` fd of the cgroup for ``clone3(CLONE_INTO_CGROUP)``: the child
         starts inside it, skipping the 10-15 ms first move of cgroup v1. v2 only."""

@@ -107,7 +107,6 @@ class V1Manager(Manager):
         self._set(ResourceLimits.from_oci(res), parent)
 
     def remove_parent_if_empty(self) -> bool:
-        """Remove the project slice once its last container is gone; ``False`` if busy."""
         return _remove_if_empty(self.fs, self._mounted(), _parent(self.cgroups_path))
 
     def destroy(self) -> None:

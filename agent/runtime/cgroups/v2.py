@@ -92,7 +92,6 @@ class V2Manager(Manager):
         self._set(limits, rel)
 
     def remove_parent_if_empty(self) -> bool:
-        """Remove the project slice once its last container is gone; ``False`` if busy."""
         parent = self.cgroups_path.rsplit("/", 1)[0].lstrip("/")
         if not parent or self.fs.subdirs(parent):
             return False
