@@ -10,6 +10,7 @@ so they are all in place or none is.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -135,6 +136,9 @@ class NftFirewall:
     def teardown(self, bridge: str) -> None:
         tag = f"{NAT_TAG}{bridge}"
         self._delete(lambda c: c == tag)
+        if not self.rules():
+            with contextlib.suppress(NetworkError):  # already gone
+                _run(["nft", "delete", "table", "inet", self.table], step="nft_teardown")
 
 
 class IptablesFirewall:
@@ -218,6 +222,16 @@ class IptablesFirewall:
     def teardown(self, bridge: str) -> None:
         tag = f"{NAT_TAG}{bridge}"
         self._delete(lambda c: c == tag)
+        if any(words[0] == self.chain for _, words in self._tagged_lines()):
+            return  # other containers still publish ports through the chain
+        existing = self._ipt("-S").splitlines()
+        for hook in ("PREROUTING", "OUTPUT"):
+            jump = ["-m", "addrtype", "--dst-type", "LOCAL", "-j", self.chain]
+            if f"-A {hook} " + " ".join(jump) in existing:
+                self._ipt("-D", hook, *jump, step="iptables_teardown")
+        if f"-N {self.chain}" in existing:
+            self._ipt("-F", self.chain, step="iptables_teardown")
+            self._ipt("-X", self.chain, step="iptables_teardown")
 
 
 def choose(kind: str, *, table: str = "corral", chain: str = "CORRAL") -> Firewall:

@@ -167,8 +167,10 @@ class NetworkManager:
             bridge_index = self._ensure_host(ipr)
             # Recorded before any interface exists: a crash from here on keeps the address
             # reserved until detach/cleanup_orphans frees it.
+            existed = self.ipam.get(container_id) is not None
             lease = self.ipam.allocate(container_id, name, host_end, ports)
-            undo.callback(_quietly, self.ipam.release, container_id)
+            if not existed:  # a re-attach keeps its address even if it fails
+                undo.callback(_quietly, self.ipam.release, container_id)
             links.create_veth(ipr, host_end, peer, bridge_index, links.ALIAS_PREFIX + container_id)
             undo.callback(_quietly, links.delete_link, ipr, host_end)
             links.move_into(ipr, peer, netns_path)
@@ -263,7 +265,8 @@ class NetworkManager:
         return orphans
 
     def teardown(self) -> None:
-        """Remove the bridge and its NAT base rules (for tests and host decommissioning)."""
+        """Remove the bridge and its NAT base rules, and our table/chain once nothing else is
+        in it (host decommissioning, tests)."""
         self.firewall.teardown(self.bridge)
         with IPRoute() as ipr:
             links.delete_link(ipr, self.bridge)

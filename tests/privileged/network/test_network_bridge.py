@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import uuid
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
-from agent.network import NetworkError, NetworkManager
+from agent.network import NetworkError, NetworkManager, links
 from agent.protocol.containers import NetworkSpec, PortMapping
 from tests.privileged.network.conftest import Lab, echo_server, talk
 
@@ -293,3 +294,41 @@ def test_facts_report_bridge_subnet_and_leases(lab: Lab, tmp_path: Path) -> None
     assert facts["bridges"] == [{"name": lab.bridge, "present": True, "gateway": "10.77.0.1"}]
     assert facts["subnet"] == "10.77.0.0/24" and facts["leases"] == {container: "10.77.0.2"}
     assert facts["firewall"] == "nftables" and facts["capacity"] == 253
+
+
+def test_reattach_after_a_crash_mid_attach_reuses_the_address(lab: Lab, tmp_path: Path) -> None:
+    nm = manager(lab, tmp_path)
+    container = cid()
+    host_end, peer = links.veth_names(container)
+    # The previous agent died after recording the lease and creating the veth pair.
+    with IPRoute() as ipr:
+        bridge = links.ensure_bridge(ipr, lab.bridge, ipaddress.IPv4Interface("10.77.0.1/24"))
+        crashed = nm.ipam.allocate(container, "web", host_end, ())
+        links.create_veth(ipr, host_end, peer, bridge, links.ALIAS_PREFIX + container)
+
+    c1 = lab.netns("c1")
+    att = nm.attach(container, "web", c1, NetworkSpec())
+    assert att.ip_address == crashed.ip_address
+    assert links_named("crl") == [host_end] and set(ns_links(c1)) == {"lo", "eth0"}
+
+    # Re-attaching replaces the old veth; when that fails, the address stays reserved.
+    c2 = lab.netns("c2")
+    with IPRoute(netns=c2) as ns:
+        ns.link("add", ifname="eth0", kind="veth", peer={"ifname": "eth0p"})
+    with pytest.raises(NetworkError):
+        nm.attach(container, "web", c2, NetworkSpec())
+    assert nm.ipam.get(container) is not None and links_named("crl") == []
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_teardown_removes_bridge_and_our_rules(lab: Lab, tmp_path: Path, backend: str) -> None:
+    nm = manager(lab, tmp_path, firewall=backend, iptables_chain="CRLTEST")
+    container = cid()
+    nm.attach(container, "web", lab.netns("c1"), NetworkSpec(ports=[PortMapping(80, 8087)]))
+    nm.detach(container)
+    nm.teardown()
+    assert links_named(lab.bridge, "bridge") == []
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert f"crltest{lab.tag}" not in tables
+    saved = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
+    assert "CRLTEST" not in saved and "corral" not in saved
