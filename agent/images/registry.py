@@ -130,6 +130,11 @@ class RegistryClient:
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise ImageError(NETWORK_ERROR, f"blob {what}: transfer broke ({exc})") from exc
+        if resp.length:  # http.client reports a connection closed early as a short EOF
+            conn.close()
+            raise ImageError(
+                NETWORK_ERROR, f"blob {what}: connection closed, {resp.length} B short"
+            )
         if not resp.isclosed():
             resp.close()
 

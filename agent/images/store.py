@@ -31,6 +31,7 @@ from agent.images.errors import (
     INVALID_CONFIG,
     INVALID_MANIFEST,
     LAYER_MISSING,
+    NETWORK_ERROR,
     NOT_FOUND,
     ImageError,
 )
@@ -55,6 +56,7 @@ from agent.protocol.messages import RegistryAuth
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
+FETCH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -141,12 +143,7 @@ class ImageStore:
                 digest, manifest = self._fetch_manifest(client, ref)
 
                 def fetch(d: Descriptor, on_bytes: Callable[[int], None] | None) -> None:
-                    self.blobs.ingest(
-                        d.digest,
-                        d.size,
-                        lambda off: client.open_blob(d.digest, off),
-                        progress=on_bytes,
-                    )
+                    _fetch_with_resume(self.blobs, client, d, on_bytes)
 
                 record = self._install(digest, manifest, fetch, progress)
                 return self._tag(record, str(ref))
@@ -412,6 +409,25 @@ class ImageStore:
     def _blobs_of(self, record: ImageRecord) -> set[str]:
         """Manifest, config and layer blobs of an image, plus any index that led to it."""
         return {record.digest, record.config_digest, *record.layer_digests}
+
+
+def _fetch_with_resume(
+    blobs: BlobStore,
+    client: RegistryClient,
+    d: Descriptor,
+    on_bytes: Callable[[int], None] | None,
+) -> None:
+    """Ingest one blob; a broken transfer is resumed from the partial file (HTTP Range)."""
+    for attempt in range(1, FETCH_ATTEMPTS + 1):
+        try:
+            blobs.ingest(
+                d.digest, d.size, lambda off: client.open_blob(d.digest, off), progress=on_bytes
+            )
+            return
+        except ImageError as exc:
+            if exc.code != NETWORK_ERROR or attempt == FETCH_ATTEMPTS:
+                raise
+            logger.warning("blob %s: attempt %d failed (%s); resuming", d.digest, attempt, exc)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

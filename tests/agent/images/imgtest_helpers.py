@@ -492,9 +492,6 @@ class Proxy:
             self.counts[(h.command, h.path)] += 1
             if h.headers.get("Range"):
                 self.ranges.append(h.headers["Range"])
-            cut = None
-            if self.cut_blob_after is not None and "/blobs/" in path and h.command == "GET":
-                cut, self.cut_blob_after = self.cut_blob_after, None
         if self.redirect_blobs and "/blobs/" in path and not path.startswith("/direct"):
             h.send_response(307)
             h.send_header("Location", f"/direct{path}")
@@ -510,6 +507,11 @@ class Proxy:
         resp = conn.getresponse()
         body = resp.read()
         conn.close()
+        cut = None
+        with self._lock:
+            limit = self.cut_blob_after
+            if limit is not None and "/blobs/" in path and h.command == "GET" and len(body) > limit:
+                cut, self.cut_blob_after = limit, None  # only the first big enough transfer
         if self.corrupt_blobs and "/blobs/" in path and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
         h.send_response(resp.status)
