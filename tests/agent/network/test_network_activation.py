@@ -32,6 +32,8 @@ SERVER = textwrap.dedent(
     while True:
         conn, _ = first.accept()
         conn.sendall(f"pid={os.getpid()} fds={n} names={names} kinds={kinds}".encode())
+        if os.environ.get("HOLD"):
+            conn.recv(1)  # keep the connection until the client closes it
         conn.close()
         if os.environ.get("EXIT_AFTER_ONE"):
             break
@@ -172,6 +174,7 @@ def test_idle_container_is_stopped_and_restarted_by_the_next_connection(activato
     assert act.starts == 2
 
 
+@pytest.mark.slow
 def test_connections_keep_an_idle_timer_from_firing(activators) -> None:
     port = free_port()
     act, launcher = activators([SocketSpec(name="web", port=port)], idle=1)
@@ -180,6 +183,18 @@ def test_connections_keep_an_idle_timer_from_firing(activators) -> None:
         ask(("127.0.0.1", port))
         time.sleep(0.3)
     assert act.stops == 0 and len(launcher.pids) == 1
+    wait_for(lambda: act.stops == 1, timeout=6)
+
+
+@pytest.mark.slow
+def test_an_open_connection_keeps_the_container_from_idle_stop(activators) -> None:
+    port = free_port()
+    act, _ = activators([SocketSpec(name="web", port=port)], idle=1, env={"HOLD": "1"})
+    act.arm()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as held:
+        assert held.recv(200).startswith(b"pid=")
+        time.sleep(2.5)  # more than twice the idle time, with no new connection
+        assert act.stops == 0 and act.pid is not None
     wait_for(lambda: act.stops == 1, timeout=6)
 
 
