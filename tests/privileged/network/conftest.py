@@ -1,95 +1,16 @@
-"""Fixtures for network tests: every test runs its NetworkManager inside a fresh network
-namespace standing in for the host ("sim host"), so bridges, veths, nft tables and sysctls of
-one test can never touch the real host or another test. Removing that namespace in teardown
-removes everything created inside it, even when the test failed."""
+"""Fixtures for network tests: a fresh "host" network namespace per test, and long-running
+helper processes killed in teardown."""
 
 from __future__ import annotations
 
 import os
 import secrets
 import subprocess
-import sys
-import textwrap
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+from nettest_helpers import Lab, netns_path
 from pyroute2 import IPRoute, netns
-
-NETNS_DIR = Path("/var/run/netns")
-
-ECHO_SERVER = textwrap.dedent(
-    """
-    import socket, sys
-    kind = socket.SOCK_STREAM if sys.argv[3] == "tcp" else socket.SOCK_DGRAM
-    s = socket.socket(socket.AF_INET, kind)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((sys.argv[1], int(sys.argv[2])))
-    if kind == socket.SOCK_STREAM:
-        s.listen(16)
-    print("ready", flush=True)
-    while True:
-        if kind == socket.SOCK_STREAM:
-            c, peer = s.accept()
-            data = c.recv(100)
-            c.sendall(b"echo:" + data + b" from:" + peer[0].encode())
-            c.close()
-        else:
-            data, peer = s.recvfrom(100)
-            s.sendto(b"echo:" + data + b" from:" + peer[0].encode(), peer)
-    """
-)
-
-CLIENT = textwrap.dedent(
-    """
-    import socket, sys
-    kind = socket.SOCK_STREAM if sys.argv[3] == "tcp" else socket.SOCK_DGRAM
-    s = socket.socket(socket.AF_INET, kind)
-    s.settimeout(3)
-    s.connect((sys.argv[1], int(sys.argv[2])))
-    s.send(b"hi")
-    print(s.recv(100).decode())
-    """
-)
-
-
-def netns_path(name: str) -> str:
-    return str(NETNS_DIR / name)
-
-
-def in_netns(path: str, argv: list[str]) -> list[str]:
-    return ["nsenter", f"--net={path}", *argv]
-
-
-def talk(path: str | None, ip: str, port: int, proto: str = "tcp") -> str:
-    """Connect from inside ``path`` (or the current netns) and return the echo reply."""
-    argv = [sys.executable, "-c", CLIENT, ip, str(port), proto]
-    done = subprocess.run(
-        in_netns(path, argv) if path else argv, capture_output=True, text=True, timeout=10
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-@dataclass
-class Lab:
-    """Names unique to one test and the namespaces it created."""
-
-    tag: str
-    host: str
-    created: list[str]
-
-    def netns(self, suffix: str) -> str:
-        """A fresh container netns; removed in teardown."""
-        name = f"crltest-{self.tag}-{suffix}"
-        netns.create(name)
-        self.created.append(name)
-        return netns_path(name)
-
-    @property
-    def bridge(self) -> str:
-        return f"crlt{self.tag}"
 
 
 @pytest.fixture
@@ -130,8 +51,3 @@ def spawn(lab: Lab) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     for proc in procs:
         proc.kill()
         proc.wait()
-
-
-def echo_server(path: str | None, ip: str, port: int, proto: str = "tcp") -> list[str]:
-    argv = [sys.executable, "-c", ECHO_SERVER, ip, str(port), proto]
-    return in_netns(path, argv) if path else argv

@@ -9,11 +9,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from nettest_helpers import Lab, echo_server, talk
 from pyroute2 import IPRoute
 
 from agent.network import NetworkError, NetworkManager, links
 from agent.protocol.containers import NetworkSpec, PortMapping
-from tests.privileged.network.conftest import Lab, echo_server, talk
 
 pytestmark = pytest.mark.privileged
 
