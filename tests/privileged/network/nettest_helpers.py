@@ -1,7 +1,8 @@
 """Helpers for network tests (fixtures are in conftest.py). Every test runs its
-NetworkManager inside a fresh network namespace standing in for the host ("sim host"), so bridges, veths, nft tables and sysctls of
-one test can never touch the real host or another test. Removing that namespace in teardown
-removes everything created inside it, even when the test failed."""
+NetworkManager inside a fresh network namespace standing in for the host ("sim host"), so
+bridges, veths, nft tables and sysctls of one test can never touch the real host or another
+test. Removing that namespace in teardown removes everything created inside it, even when the
+test failed."""
 
 from __future__ import annotations
 
