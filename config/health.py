@@ -22,7 +22,7 @@ def _check_database() -> str:
 def _check_broker() -> str:
     from config.celery import app
 
-    with app.connection_for_write() as conn:
+    with app.connection_for_write(app.conf.broker_url) as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
         # A real round trip where the transport has one (Redis PING); the filesystem
         # transport has nothing more to check than its directories.

@@ -146,6 +146,12 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "HostStatusEnum": "hosts.choices.HostStatus",
+        "OperationStatusEnum": "hosts.choices.OperationStatus",
+        "ObservedStateEnum": "containers.choices.ObservedState",
+        "CertificationStatusEnum": "hosts.choices.CertificationStatus",
+    },
 }
 
 # --- Celery ------------------------------------------------------------------------------

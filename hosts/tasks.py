@@ -39,3 +39,15 @@ def liveness_sweep() -> dict[str, int]:
 @shared_task(name="controlplane.operations.expire", ignore_result=True)
 def operations_expire() -> int:
     return services.operations_expire()
+
+
+@shared_task(name="controlplane.operations.echo", ignore_result=True)
+def operation_echo(operation_id: str) -> None:
+    """Marks an operation succeeded from inside a worker: proves a broker round trip through a
+    real worker process (health checks and tests)."""
+    from hosts.choices import OperationStatus
+
+    services.operation_transition(operation_id, OperationStatus.SUCCEEDED, result={"echo": True})
+
+
+from hosts import tasks_ssh  # noqa: E402, F401 - SSH bootstrap tasks

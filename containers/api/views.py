@@ -54,6 +54,7 @@ def operation_response(op: Operation, accepted: int = status.HTTP_202_ACCEPTED) 
 
 
 class ProjectViewSet(viewsets.ModelViewSet):
+    queryset = Project.objects.none()  # for the schema; get_queryset scopes
     serializer_class = ProjectSerializer
     lookup_field = "slug"
     search_fields = ["slug", "name"]
@@ -104,6 +105,7 @@ class ProjectViewSet(viewsets.ModelViewSet):
 
 
 class ContainerViewSet(viewsets.ModelViewSet):
+    queryset = Container.objects.none()  # for the schema; get_queryset scopes
     serializer_class = ContainerSerializer
     filterset_class = ContainerFilterSet
     search_fields = ["name"]
@@ -244,6 +246,7 @@ class ContainerViewSet(viewsets.ModelViewSet):
 
 
 class ImageViewSet(viewsets.ModelViewSet):
+    queryset = Image.objects.none()  # for the schema; get_queryset scopes
     serializer_class = ImageSerializer
     filterset_class = ImageFilterSet
     search_fields = ["reference", "digest"]
@@ -262,6 +265,7 @@ class ImageViewSet(viewsets.ModelViewSet):
 
 
 class OperationViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Operation.objects.none()  # for the schema; get_queryset scopes
     serializer_class = OperationSerializer
     filterset_class = OperationFilterSet
     search_fields = ["kind", "error", "target_id"]

@@ -1,0 +1,1 @@
+"""Shared test machinery: real processes (workers, agents, servers) and network namespaces."""
