@@ -250,5 +250,7 @@ def test_fairness_two_projects_with_equal_weight_split_one_cpu() -> None:
         used_b = mgr_b.stats().cpu_usage_ns - start_b
     share_a = used_a / (used_a + used_b)
     assert 0.35 <= share_a <= 0.65, f"project a got {share_a:.1%} of the shared CPU"
-    # Sanity: together they really used most of one CPU, so the split was contended.
-    assert used_a + used_b > 1.5e9
+    # Sanity: both really ran (spinning, always runnable on the same CPU, so contended).
+    # Not "most of the CPU": other tests on this shared machine may take a large part of
+    # that CPU, which lowers both equally and leaves the ratio alone.
+    assert used_a + used_b > 0.3e9, f"only {used_a + used_b} ns of CPU in 3 s"
