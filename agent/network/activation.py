@@ -191,6 +191,8 @@ class Activator:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._closing = False
         self._pidfd = -1
+        self._started_at = 0.0
+        self._closed = threading.Event()  # lets close() cut short a back-off wait
         self.pid: int | None = None
         self.starts = 0
         self.stops = 0
@@ -222,6 +224,7 @@ class Activator:
         if self._closing and not self._socks and self._thread is None:
             return
         self._closing = True
+        self._closed.set()
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"x")
         if self._thread is not None:
@@ -259,9 +262,10 @@ class Activator:
             pid = self._start(self.fds)
         except Exception:
             logger.exception("socket activation: start failed; retrying on the queued connection")
-            time.sleep(_RETRY_AFTER_FAILED_START)
+            self._closed.wait(_RETRY_AFTER_FAILED_START)
             return
         self.pid, self.starts = pid, self.starts + 1
+        self._started_at = time.monotonic()
         logger.info("socket activation started pid %d (%s)", pid, ",".join(self.names))
         for fd in self.fds:  # from now on: one event per arrival, whoever accepts it
             ep.modify(fd, select.EPOLLIN | select.EPOLLET)
@@ -279,6 +283,9 @@ class Activator:
             if any(fd == self._pidfd for fd, _ in events):
                 logger.info("socket-activated pid %s exited; re-arming", self.pid)
                 self.pid = None
+                if time.monotonic() - self._started_at < _RETRY_AFTER_FAILED_START:
+                    # Exited at once (bad command?): do not restart in a tight loop.
+                    self._closed.wait(_RETRY_AFTER_FAILED_START)
                 break
             if any(fd in self.fds for fd, _ in events):
                 last = time.monotonic()

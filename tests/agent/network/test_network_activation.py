@@ -257,3 +257,24 @@ def test_bad_socket_input_names_the_field_and_binds_nothing(activators) -> None:
     with socket.socket() as probe:  # the first socket was released again
         probe.bind(("127.0.0.1", free))
     taken.close()
+
+
+def test_a_failed_start_is_retried_and_the_queued_connection_still_answered() -> None:
+    port = free_port()
+    launcher = Launcher(["web"])
+    failures: list[str] = []
+
+    def flaky_start(fds: list[int]) -> int:
+        if not failures:
+            failures.append("image not pulled yet")
+            raise RuntimeError(failures[0])
+        return launcher.start(fds)
+
+    act = Activator([SocketSpec(name="web", port=port)], flaky_start, launcher.stop, None)
+    try:
+        act.arm()
+        assert ask(("127.0.0.1", port)).startswith("pid=")
+        assert len(failures) == 1 and act.starts == 1
+    finally:
+        act.close()
+        launcher.stop()
