@@ -154,10 +154,12 @@ class SystemdManager(Manager):
         bus: Bus | None = None,
         fs: CgroupFS | None = None,
         fs_driver: str | None = None,
+        bus_address: str = "SYSTEM",
     ) -> None:
         self.cgroups_path = cgroups_path
         self.unit_path = parse_systemd_path(cgroups_path)
         self._bus = bus
+        self._bus_address = bus_address
         self._version: int | None = None
         self._pending: list[Property] = []
         self._started = False
@@ -177,7 +179,7 @@ class SystemdManager(Manager):
     def bus(self) -> Bus:
         if self._bus is None:
             try:
-                self._bus = JeepneyBus()
+                self._bus = JeepneyBus(address=self._bus_address)
             except Exception as exc:  # socket missing, auth refused...
                 raise CgroupError("connect", "system bus", str(exc)) from exc
         return self._bus
