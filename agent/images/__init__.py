@@ -7,8 +7,9 @@ The worker calls :class:`ImageStore`; everything else here is its parts.
 from __future__ import annotations
 
 from agent.images.errors import ImageError
+from agent.images.records import GcResult, ImageRecord
 from agent.images.reference import Reference, parse_reference
-from agent.images.store import GcResult, ImageRecord, ImageStore
+from agent.images.store import ImageStore
 from agent.images.unpack import UnpackLimits
 from agent.protocol.messages import RegistryAuth
 

@@ -20,24 +20,21 @@ import os
 import shutil
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from agent.images.archive import read_archive
-from agent.images.blobs import BlobStore, digest_hex, file_lock, sha256_digest
+from agent.images.blobs import BlobStore, digest_hex, file_lock
 from agent.images.errors import (
-    DIGEST_MISMATCH,
     INVALID_CONFIG,
     INVALID_MANIFEST,
     LAYER_MISSING,
-    NETWORK_ERROR,
     NOT_FOUND,
     ImageError,
 )
 from agent.images.manifest import (
     Descriptor,
-    Index,
     Manifest,
     Platform,
     config_platform,
@@ -46,9 +43,10 @@ from agent.images.manifest import (
     normalise_config,
     parse_config,
     parse_document,
-    select_platform,
 )
-from agent.images.reference import Reference, is_digest, parse_reference
+from agent.images.pull import fetch_blob, fetch_manifest
+from agent.images.records import GcResult, ImageRecord, atomic_write, tree_bytes
+from agent.images.reference import is_digest, parse_reference
 from agent.images.registry import RegistryClient, default_registry_url
 from agent.images.unpack import UnpackLimits, unpack_layer
 from agent.protocol.messages import RegistryAuth
@@ -56,43 +54,6 @@ from agent.protocol.messages import RegistryAuth
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
-FETCH_ATTEMPTS = 3
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One image in the store. ``digest`` is the manifest digest (its identity); ``layers``
-    are diff_ids bottom first; ``config`` the raw image config; ``size`` the bytes of the
-    compressed layers and config as stored."""
-
-    reference: str
-    digest: str
-    config_digest: str
-    size: int
-    platform: str
-    layers: tuple[str, ...]
-    config: dict[str, Any] = field(compare=False)
-    labels: dict[str, str] = field(compare=False)
-    created: str | None
-    layer_digests: tuple[str, ...] = ()
-    references: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> ImageRecord:
-        for key in ("layers", "layer_digests", "references"):
-            doc[key] = tuple(doc.get(key) or ())
-        return cls(**doc)
-
-
-@dataclass(frozen=True)
-class GcResult:
-    removed_images: tuple[str, ...]
-    removed_layers: tuple[str, ...]
-    removed_blobs: int
-    freed_bytes: int
 
 
 class ImageStore:
@@ -140,10 +101,10 @@ class ImageStore:
         )
         try:
             with file_lock(self._store_lock, shared=True):
-                digest, manifest = self._fetch_manifest(client, ref)
+                digest, manifest = fetch_manifest(client, ref, self.blobs, self.platform)
 
                 def fetch(d: Descriptor, on_bytes: Callable[[int], None] | None) -> None:
-                    _fetch_with_resume(self.blobs, client, d, on_bytes)
+                    fetch_blob(self.blobs, client, d, on_bytes)
 
                 record = self._install(digest, manifest, fetch, progress)
                 return self._tag(record, str(ref))
@@ -232,7 +193,7 @@ class ImageStore:
             for path in sorted(self.layer_dir.iterdir()):
                 if path.name in live_layers:
                     continue
-                freed += _tree_bytes(path)
+                freed += tree_bytes(path)
                 shutil.rmtree(path, ignore_errors=True)
                 if not path.name.startswith(".tmp-"):
                     removed_layers.append("sha256:" + path.name)
@@ -264,37 +225,12 @@ class ImageStore:
             "blobs": len(list(self.blobs.blob_dir.iterdir())),
             "blob_bytes": blob_bytes,
             "layers": len(layers),
-            "layer_bytes": sum(_tree_bytes(p) for p in layers),
+            "layer_bytes": sum(tree_bytes(p) for p in layers),
             "filesystem_total_bytes": vfs.f_blocks * vfs.f_frsize,
             "filesystem_free_bytes": vfs.f_bavail * vfs.f_frsize,
         }
 
     # --- internals -------------------------------------------------------------------------
-
-    def _fetch_manifest(self, client: RegistryClient, ref: Reference) -> tuple[str, Manifest]:
-        """Manifest for this platform, verified and stored; follows an index once."""
-        wanted = ref.digest or ref.tag or "latest"
-        pinned = ref.digest
-        for _depth in range(3):
-            resp = client.get_manifest(wanted)
-            digest = sha256_digest(resp.body)
-            if pinned and digest != pinned:
-                raise ImageError(
-                    DIGEST_MISMATCH, f"manifest {ref.name}: expected {pinned}, got {digest}"
-                )
-            header = resp.headers.get("docker-content-digest")
-            if header and header.startswith("sha256:") and header != digest:
-                raise ImageError(
-                    DIGEST_MISMATCH, f"manifest {ref.name}: registry said {header}, got {digest}"
-                )
-            doc = parse_document(resp.body, resp.headers.get("content-type"))
-            self.blobs.put_bytes(resp.body, digest)
-            if isinstance(doc, Manifest):
-                return digest, doc
-            assert isinstance(doc, Index)
-            chosen = select_platform(doc, self.platform)
-            wanted = pinned = chosen.digest
-        raise ImageError(INVALID_MANIFEST, f"manifest {ref.name}: indexes nest too deep")
 
     def _install(
         self,
@@ -350,7 +286,7 @@ class ImageStore:
             existing = self._load(digest)
             if existing is not None:
                 record = replace(record, references=existing.references)
-            _atomic_write(path, json.dumps(record.to_json(), indent=1).encode())
+            atomic_write(path, json.dumps(record.to_json(), indent=1).encode())
         return record
 
     def _ensure_layer(self, blob_digest: str, diff_id: str) -> None:
@@ -367,12 +303,12 @@ class ImageStore:
             refs = self._read_refs()
             old = refs.get(reference)
             refs[reference] = record.digest
-            _atomic_write(self.root / "refs.json", json.dumps(refs, indent=1).encode())
+            atomic_write(self.root / "refs.json", json.dumps(refs, indent=1).encode())
             current = self._load(record.digest) or record
             names = tuple(sorted({*current.references, reference}))
             record = replace(current, references=names, reference=reference)
             path = self.image_dir / f"{digest_hex(record.digest)}.json"
-            _atomic_write(path, json.dumps(replace(record, reference="").to_json()).encode())
+            atomic_write(path, json.dumps(replace(record, reference="").to_json()).encode())
             if old and old != record.digest:
                 self._untag(old, reference)
         return record
@@ -382,12 +318,12 @@ class ImageStore:
         if previous is not None:
             names = tuple(n for n in previous.references if n != reference)
             path = self.image_dir / f"{digest_hex(digest)}.json"
-            _atomic_write(path, json.dumps(replace(previous, references=names).to_json()).encode())
+            atomic_write(path, json.dumps(replace(previous, references=names).to_json()).encode())
 
     def _drop_refs(self, digests: set[str]) -> None:
         with file_lock(self._refs_lock):
             refs = {k: v for k, v in self._read_refs().items() if v not in digests}
-            _atomic_write(self.root / "refs.json", json.dumps(refs, indent=1).encode())
+            atomic_write(self.root / "refs.json", json.dumps(refs, indent=1).encode())
 
     def _read_refs(self) -> dict[str, str]:
         try:
@@ -409,46 +345,3 @@ class ImageStore:
     def _blobs_of(self, record: ImageRecord) -> set[str]:
         """Manifest, config and layer blobs of an image, plus any index that led to it."""
         return {record.digest, record.config_digest, *record.layer_digests}
-
-
-def _fetch_with_resume(
-    blobs: BlobStore,
-    client: RegistryClient,
-    d: Descriptor,
-    on_bytes: Callable[[int], None] | None,
-) -> None:
-    """Ingest one blob; a broken transfer is resumed from the partial file (HTTP Range)."""
-    for attempt in range(1, FETCH_ATTEMPTS + 1):
-        try:
-            blobs.ingest(
-                d.digest, d.size, lambda off: client.open_blob(d.digest, off), progress=on_bytes
-            )
-            return
-        except ImageError as exc:
-            if exc.code != NETWORK_ERROR or attempt == FETCH_ATTEMPTS:
-                raise
-            logger.warning("blob %s: attempt %d failed (%s); resuming", d.digest, attempt, exc)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
-def _tree_bytes(path: Path) -> int:
-    """Bytes of regular files and symlinks under ``path``, each inode counted once."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in filenames + dirnames:
-            st = os.lstat(os.path.join(dirpath, name))
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
-                continue
-            seen.add(key)
-            total += st.st_blocks * 512
-    return total
