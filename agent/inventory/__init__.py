@@ -8,12 +8,12 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import fnmatch
 import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -86,6 +86,9 @@ VOLATILE = (
     "virtualization.sources.namespaces.*",
 )
 
+# List items that come and go with containers, not with the host: {list path: flag key}.
+EPHEMERAL_ITEMS = {"network.interfaces": "veth"}
+
 DEFAULT_TIMEOUT_S = 5.0
 
 
@@ -104,25 +107,33 @@ def collect_inventory(
 ) -> dict[str, Any]:
     """Run every collector concurrently; sections still running at ``timeout`` become unknown.
 
-    ``_meta`` records when, how long in total and per collector (milliseconds).
+    Collectors run in daemon threads, so one stuck in a hung filesystem can neither delay
+    the report past ``timeout`` nor keep the agent from exiting. ``_meta`` records when, how
+    long in total and per collector (milliseconds).
     """
     chosen = COLLECTORS if collectors is None else collectors
     started = time.perf_counter()
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="inventory")
-    try:
-        futures = {name: pool.submit(_run_one, name, fn) for name, fn in chosen.items()}
-        concurrent.futures.wait(futures.values(), timeout=timeout)
-    finally:
-        # Never wait for a stuck collector: its thread finishes (or not) on its own.
-        pool.shutdown(wait=False, cancel_futures=True)
+    results: dict[str, tuple[Section, float]] = {}
+    threads = []
+    for name, fn in chosen.items():
+
+        def run(name: str = name, fn: Collector = fn) -> None:
+            results[name] = _run_one(name, fn)
+
+        thread = threading.Thread(target=run, name=f"inventory-{name}", daemon=True)
+        thread.start()
+        threads.append(thread)
+    deadline = started + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.perf_counter()))
     inventory: dict[str, Any] = {}
     timings: dict[str, float] = {}
-    for name, future in futures.items():
-        if future.done() and not future.cancelled():
-            inventory[name], timings[name] = future.result()
-            timings[name] = round(timings[name], 2)
-        else:
+    for name in chosen:
+        done = results.get(name)
+        if done is None:
             inventory[name] = unknown(f"collector did not finish within {timeout:g} s")
+        else:
+            inventory[name], timings[name] = done[0], round(done[1], 2)
     inventory["_meta"] = {
         "collected_at": time.time(),
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 2),
@@ -141,7 +152,12 @@ def _strip_volatile(value: Any, path: str) -> Any:
             out[key] = _strip_volatile(item, sub)
         return out
     if isinstance(value, list):
-        return [_strip_volatile(item, f"{path}.*") for item in value]
+        flag = EPHEMERAL_ITEMS.get(path)
+        return [
+            _strip_volatile(item, f"{path}.*")
+            for item in value
+            if not (flag and isinstance(item, dict) and item.get(flag))
+        ]
     return value
 
 

@@ -81,7 +81,7 @@ def run_tool(argv: list[str], timeout: float = TOOL_TIMEOUT_S) -> tuple[int, str
 
 
 def mountinfo() -> list[dict[str, str]]:
-    """Entries of /proc/self/mountinfo: mount_point, fstype, source, options, super_options."""
+    """/proc/self/mountinfo entries: device, root, mount_point, fstype, source, options..."""
     text = read_text("/proc/self/mountinfo") or ""
     entries = []
     for line in text.splitlines():
@@ -92,6 +92,8 @@ def mountinfo() -> list[dict[str, str]]:
             continue
         entries.append(
             {
+                "device": fields[2],
+                "root": _unescape(fields[3]),
                 "mount_point": _unescape(fields[4]),
                 "options": fields[5],
                 "fstype": rfields[0],
@@ -108,7 +110,7 @@ def _unescape(value: str) -> str:
         return value
     out, i = [], 0
     while i < len(value):
-        if value[i] == "\\" and value[i + 1 : i + 4].isdigit() and i + 3 < len(value):
+        if value[i] == "\\" and len(value[i + 1 : i + 4]) == 3 and value[i + 1 : i + 4].isdigit():
             out.append(chr(int(value[i + 1 : i + 4], 8)))
             i += 4
         else:

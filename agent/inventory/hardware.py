@@ -126,21 +126,31 @@ def _pseudo_fstypes() -> set[str]:
 
 
 def _filesystems() -> list[dict[str, Any]]:
-    pseudo = _pseudo_fstypes() - {"overlay"}  # an overlay root is a real place to store data
-    seen: set[str] = set()
-    out = []
+    """Each real filesystem once (by device), at the mount that shows its whole tree.
+
+    Bind mounts of subdirectories and overlay mounts other than ``/`` (container root
+    filesystems, which come and go with containers) are left out, so the list, and with it
+    the inventory hash, changes only when the host's storage does.
+    """
+    pseudo = _pseudo_fstypes()
+    chosen: dict[str, dict[str, str]] = {}
     for entry in mountinfo():
-        mp = entry["mount_point"]
-        if entry["fstype"] in pseudo or mp in seen:
+        if entry["fstype"] == "overlay" and entry["mount_point"] != "/":
             continue
-        seen.add(mp)
+        if entry["fstype"] in pseudo - {"overlay"}:
+            continue
+        current = chosen.get(entry["device"])
+        if current is None or (current["root"] != "/" and entry["root"] == "/"):
+            chosen[entry["device"]] = entry
+    out = []
+    for entry in chosen.values():
         try:
-            st = os.statvfs(mp)
+            st = os.statvfs(entry["mount_point"])
         except OSError:
             continue
         out.append(
             {
-                "mount_point": mp,
+                "mount_point": entry["mount_point"],
                 "fstype": entry["fstype"],
                 "source": entry["source"],
                 "read_only": "ro" in entry["options"].split(","),
@@ -149,7 +159,7 @@ def _filesystems() -> list[dict[str, Any]]:
                 "inodes_free": st.f_favail,
             }
         )
-    return out
+    return sorted(out, key=lambda f: str(f["mount_point"]))
 
 
 SIOCGIFCONF = 0x8912
@@ -168,9 +178,13 @@ def collect_network() -> Section:
     v6 = _ipv6_addresses()
     interfaces = []
     for name in names:
+        ifindex, iflink = read_int(net / name / "ifindex"), read_int(net / name / "iflink")
+        virtual = "/virtual/" in str((net / name).resolve())
         interfaces.append(
             {
                 "name": name,
+                # A virtual link whose peer is another interface: a container veth end.
+                "veth": virtual and ifindex != iflink and not _is_vlan(name),
                 "mac": read_text(net / name / "address") or "",
                 "mtu": read_int(net / name / "mtu"),
                 "operstate": read_text(net / name / "operstate") or "unknown",
@@ -180,6 +194,10 @@ def collect_network() -> Section:
             }
         )
     return {"hostname": socket.gethostname(), "interfaces": interfaces}
+
+
+def _is_vlan(name: str) -> bool:
+    return host_path(f"/proc/net/vlan/{name}").exists()
 
 
 def _ipv4_addresses() -> dict[str, list[str]]:

@@ -86,6 +86,34 @@ def test_network_reports_addresses_of_interfaces_in_a_fresh_namespace() -> None:
     assert "127.0.0.1/8" in by_name["lo"]["addresses"]
     assert by_name["corrinv1"]["addresses"] == []
     assert by_name["corrinv0"]["physical"] is False
+    assert (by_name["corrinv0"]["veth"], by_name["corrinv1"]["veth"]) == (True, True)
+    assert by_name["lo"]["veth"] is False
+
+
+def test_filesystems_skip_container_overlays_and_subdirectory_binds(tmp_path: Path) -> None:
+    """Mounts made in a private mount namespace that disappears with the shell."""
+    for d in ("lower", "upper", "work", "merged", "bound"):
+        (tmp_path / d).mkdir()
+    t = tmp_path
+    script = (
+        f"mount -t overlay overlay -o lowerdir={t}/lower,upperdir={t}/upper,workdir={t}/work "
+        f"{t}/merged && mount --bind {t}/lower {t}/bound && "
+        f"{sys.executable} -c 'import json; from agent.inventory.hardware import collect_disks;"
+        " print(json.dumps(collect_disks()))'"
+    )
+    out = subprocess.run(
+        ["unshare", "--mount", "sh", "-ec", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    points = [f["mount_point"] for f in json.loads(out.stdout)["filesystems"]]
+    assert str(tmp_path / "merged") not in points
+    assert str(tmp_path / "bound") not in points
+    assert "/" in points
+    assert str(tmp_path / "merged") not in Path("/proc/self/mountinfo").read_text()
 
 
 def test_kernel_and_os_release_match_uname_and_platform() -> None:

@@ -15,14 +15,18 @@ from agent.inventory import _base, collect_inventory, inventory_hash, quick_stat
 
 @pytest.mark.privileged
 def test_full_inventory_has_every_section_and_runs_well_under_one_second() -> None:
+    """Best of three, so that other jobs on this 2-core CI machine do not decide the result."""
     collect_inventory()  # warm imports and page cache
-    start = time.perf_counter()
-    inv = collect_inventory()
-    elapsed = time.perf_counter() - start
-    assert set(inv) == set(inventory.COLLECTORS) | {"_meta"}
-    unknown = {k: v for k, v in inv.items() if isinstance(v, dict) and v.get("status")}
-    assert unknown == {}, unknown
-    assert elapsed < 1.0, inv["_meta"]
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        inv = collect_inventory()
+        runs.append((time.perf_counter() - start, inv["_meta"]))
+        assert set(inv) == set(inventory.COLLECTORS) | {"_meta"}
+        unknown = {k: v for k, v in inv.items() if isinstance(v, dict) and v.get("status")}
+        assert unknown == {}, unknown
+    best = min(runs, key=lambda r: r[0])
+    assert best[0] < 1.0, best[1]
 
 
 def test_a_crashing_collector_costs_only_its_own_section() -> None:
@@ -79,6 +83,16 @@ def test_hash_changes_when_a_stable_fact_changes() -> None:
     other["kernel"]["release"] = "6.1.1"
     assert inventory_hash(inv) != inventory_hash(other)
     assert inventory_hash(inv).startswith("sha256:")
+
+
+def test_hash_ignores_container_veths_but_not_host_interfaces() -> None:
+    inv = {"network": {"interfaces": [{"name": "eth0", "veth": False, "mtu": 1500}]}}
+    with_veth = copy.deepcopy(inv)
+    with_veth["network"]["interfaces"].append({"name": "veth1a2b", "veth": True, "mtu": 1500})
+    assert inventory_hash(with_veth) == inventory_hash(inv)
+    with_nic = copy.deepcopy(inv)
+    with_nic["network"]["interfaces"].append({"name": "eth1", "veth": False, "mtu": 1500})
+    assert inventory_hash(with_nic) != inventory_hash(inv)
 
 
 def test_quick_stats_agree_with_the_memory_collector() -> None:
