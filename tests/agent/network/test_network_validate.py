@@ -47,6 +47,7 @@ def test_bad_spec_names_the_field(nm: NetworkManager, spec: NetworkSpec, field: 
     assert nm.ipam.leases() == {}
 
 
+@pytest.mark.privileged  # the bind probe of a port below 1024 needs root
 def test_good_spec_passes_and_privileged_ports_need_permission(nm: NetworkManager) -> None:
     nm.validate(NetworkSpec(ports=[PortMapping(80, free_port())], dns=["192.0.2.53"]))
     privileged = NetworkSpec(ports=[PortMapping(80, 1021)])  # RFC 4727 experimental port
