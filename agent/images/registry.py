@@ -45,10 +45,14 @@ class Response:
 
 
 def default_registry_url(registry: str) -> str:
-    """Where a registry name is served. Only a name: Docker Hub is never contacted here
-    unless a caller asks for it."""
+    """Where a registry name is served: HTTPS, except plain HTTP for loopback hosts (as
+    Docker treats 127.0.0.0/8 and localhost as insecure registries). Docker Hub's name maps
+    to its API host; nothing is contacted unless a caller pulls from it."""
     if registry == "docker.io":
         return "https://registry-1.docker.io"
+    host = urlsplit(f"//{registry}").hostname or ""
+    if host == "localhost" or host == "::1" or host.startswith("127."):
+        return f"http://{registry}"
     return f"https://{registry}"
 
 

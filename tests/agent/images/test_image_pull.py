@@ -29,6 +29,7 @@ from imgtest_helpers import (
 
 from agent.images import ImageError, ImageStore, RegistryAuth
 from agent.images.manifest import OCI_INDEX
+from agent.images.registry import default_registry_url
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 
@@ -67,6 +68,14 @@ def test_pull_by_tag_verifies_unpacks_and_records(registry: Registry, store: Ima
     assert store.image_config(record)["entrypoint"] == ["/bin/sh", "-c"]
     assert [r.digest for r in store.list()] == [image.digest]
     assert no_tmp_layers(store.root)
+
+
+def test_loopback_registry_defaults_to_plain_http(registry: Registry, store: ImageStore) -> None:
+    image = _two_layer_image()
+    Pusher(registry, REPO).image(image, "latest")
+    assert store.pull(_ref(registry, "")).digest == image.digest
+    assert default_registry_url("example.com:5000") == "https://example.com:5000"
+    assert default_registry_url("localhost:5000") == "http://localhost:5000"
 
 
 def test_pull_by_digest_and_docker_media_types(registry: Registry, store: ImageStore) -> None:
