@@ -72,8 +72,22 @@ def _release_tuple(release: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+_CONFIG_CACHE: dict[tuple[str, str], tuple[str, dict[str, str]] | None] = {}
+
+
 def load_kernel_config() -> tuple[str, dict[str, str]] | None:
-    """(source path, {option: value}) from /boot/config-<release> or /proc/config.gz."""
+    """(source path, {option: value}) from /boot/config-<release> or /proc/config.gz.
+
+    Cached per root and kernel release: it cannot change without a reboot, and three
+    collectors ask for it (decompressing /proc/config.gz costs several milliseconds).
+    """
+    key = (str(host_path("/")), os.uname().release)
+    if key not in _CONFIG_CACHE:
+        _CONFIG_CACHE[key] = _read_kernel_config()
+    return _CONFIG_CACHE[key]
+
+
+def _read_kernel_config() -> tuple[str, dict[str, str]] | None:
     boot = host_path(f"/boot/config-{os.uname().release}")
     try:
         return str(boot), _parse_config(boot.read_text(errors="replace"))

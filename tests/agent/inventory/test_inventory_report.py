@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import threading
 import time
 from pathlib import Path
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from agent import inventory
+from agent.certification import run_host_checks
 from agent.inventory import _base, collect_inventory, inventory_hash, quick_stats
+from agent.protocol.messages import InventoryReport
 
 
 @pytest.mark.privileged
@@ -75,6 +78,19 @@ def test_hash_is_stable_across_collections_and_ignores_volatile_facts() -> None:
     changed["disks"]["filesystems"][0]["free_bytes"] = 1
     changed["_meta"]["elapsed_ms"] = 1e6
     assert inventory_hash(changed) == inventory_hash(first)
+
+
+@pytest.mark.privileged
+def test_inventory_and_findings_travel_in_an_inventory_report() -> None:
+    inv = collect_inventory()
+    report = InventoryReport(
+        collected_at=inv["_meta"]["collected_at"],
+        inventory=inv,
+        findings=run_host_checks(inv),
+        inventory_hash=inventory_hash(inv),
+    )
+    wire = json.loads(json.dumps(report.to_dict()))
+    assert InventoryReport.from_dict(wire) == report
 
 
 def test_hash_changes_when_a_stable_fact_changes() -> None:
