@@ -43,5 +43,10 @@ def run_image_checks(
         policy = ImagePolicy.from_dict(policy_data)
     if not isinstance(config, dict):
         raise ValueError("config: must be the image config object")
+    if not Path(rootfs).is_dir():
+        raise ValueError(f"rootfs: {rootfs} is not a directory")
+    for name, value in (("layers", layers), ("tags", tags)):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{name}: must be a list of strings")
     img = ImageInput(Path(rootfs), config, list(layers), list(tags), policy)
     return [run_guarded(IMAGE_CHECKS[cid], img) for cid in sorted(IMAGE_CHECKS)]

@@ -111,6 +111,8 @@ def collect_inventory(
     the report past ``timeout`` nor keep the agent from exiting. ``_meta`` records when, how
     long in total and per collector (milliseconds).
     """
+    if not timeout > 0:
+        raise ValueError(f"timeout: must be a positive number of seconds, got {timeout!r}")
     chosen = COLLECTORS if collectors is None else collectors
     started = time.perf_counter()
     results: dict[str, tuple[Section, float]] = {}

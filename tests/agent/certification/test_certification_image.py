@@ -287,3 +287,21 @@ def test_a_crashing_image_check_is_unknown(image: Image) -> None:
     verdicts = image.run()
     assert verdicts["cert.image.E001"] == "unknown"
     assert verdicts["cert.image.E003"] == "pass"
+
+
+@pytest.mark.parametrize(
+    ("change", "field_name"),
+    [
+        ({"rootfs": Path("/nonexistent/rootfs")}, "rootfs"),
+        ({"config": ["not", "a", "config"]}, "config"),
+        ({"layers": "sha256:abc"}, "layers"),
+        ({"tags": [1, 2]}, "tags"),
+    ],
+)
+def test_bad_arguments_are_rejected_naming_the_argument(
+    image: Image, change: dict[str, Any], field_name: str
+) -> None:
+    for key, value in change.items():
+        setattr(image, key, value)
+    with pytest.raises(ValueError, match=f"^{field_name}: "):
+        image.findings()

@@ -140,3 +140,15 @@ def test_kernel_config_from_boot_file_with_module_and_unset_options(fake_root: P
     assert cfg["options"]["CONFIG_OVERLAY_FS"] == "m"
     assert cfg["options"]["CONFIG_SECURITY_SELINUX"] == "n"
     assert cfg["options"]["CONFIG_MEMCG"] == "n"  # absent from the file
+
+
+def test_mountinfo_unescapes_spaces_and_reads_device_and_root(fake_root: Path) -> None:
+    write(
+        fake_root,
+        "/proc/self/mountinfo",
+        "40 1 8:1 /srv/data /mnt/my\\040disk rw,relatime shared:1 - ext4 /dev/sda1 rw\n",
+    )
+    (entry,) = _base.mountinfo()
+    assert entry["mount_point"] == "/mnt/my disk"
+    assert (entry["device"], entry["root"], entry["fstype"]) == ("8:1", "/srv/data", "ext4")
+    assert entry["super_options"] == "rw"

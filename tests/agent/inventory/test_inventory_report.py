@@ -116,3 +116,9 @@ def test_quick_stats_agree_with_the_memory_collector() -> None:
     assert stats["memory_total"] == inventory.COLLECTORS["memory"]()["total_bytes"]
     assert stats["load1"] is not None and stats["load1"] >= 0
     assert 0 < stats["memory_available"] <= stats["memory_total"]
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0])
+def test_a_non_positive_timeout_is_rejected_naming_it(timeout: float) -> None:
+    with pytest.raises(ValueError, match=r"^timeout: "):
+        collect_inventory({"agent": inventory.COLLECTORS["agent"]}, timeout)
