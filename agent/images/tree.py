@@ -140,6 +140,9 @@ class EntryTree:
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
+            gone = (*parent, base)
+            if self._cached is not None and self._cached[0][: len(gone)] == gone:
+                self.close()  # the cached fd points into the tree being removed
             shutil.rmtree(base, dir_fd=fd)
         else:
             os.unlink(base, dir_fd=fd)

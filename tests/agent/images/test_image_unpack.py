@@ -142,6 +142,35 @@ def test_write_through_relative_symlink_out_of_the_layer_is_refused(area: Path) 
     assert not (area / "escaped").exists()
 
 
+def test_whiteout_or_opaque_marker_through_a_symlink_is_refused(area: Path) -> None:
+    for marker in ("a/.wh.passwd", "a/.wh..wh..opq"):
+        raw = tar_bytes([Entry("a", "symlink", target="/etc"), Entry(marker)])
+        _refused(area, raw, "symlink_escape")
+    assert Path("/etc/passwd").is_file()
+    assert "trusted.overlay.opaque" not in os.listxattr("/etc")
+
+
+def test_directory_replaced_by_a_file_then_recreated_stays_inside(area: Path) -> None:
+    raw = tar_bytes(
+        [
+            Entry("d/sub/f1", data=b"1"),
+            Entry("d/sub", data=b"now a file"),
+            Entry("d/sub2/f2", data=b"2"),
+            Entry("d", data=b"d is a file"),
+            Entry("d/x", data=b"x"),
+        ]
+    )
+    with pytest.raises(ImageError) as err:
+        _unpack(area, raw)
+    assert err.value.code == "invalid_layer"  # d/x under a regular file d
+    raw = tar_bytes(
+        [Entry("d/sub/f1", data=b"1"), Entry("d/sub", data=b"file"), Entry("d/sub2/f2", data=b"2")]
+    )
+    layer = _unpack(area, raw)
+    assert (layer / "d" / "sub").read_bytes() == b"file"
+    assert (layer / "d" / "sub2" / "f2").read_bytes() == b"2"
+
+
 def test_hardlink_out_of_the_layer_is_refused(area: Path) -> None:
     raw = tar_bytes([Entry("pw", "hardlink", target="../../etc/passwd")])
     _refused(area, raw, "hardlink_escape")
