@@ -152,25 +152,23 @@ class V1Manager(Manager):
         if not self.fs.exists("memory"):
             raise CgroupError("set", "memory.limit", "the memory controller is not mounted")
         base = f"memory{path}"
-        writes: list[tuple[str, int, str]] = []
+        writes: list[tuple[str, int]] = []
         if lim.memory_limit is not None:
-            writes.append(("memory.limit_in_bytes", lim.memory_limit, "memory.limit"))
+            writes.append(("memory.limit_in_bytes", lim.memory_limit))
         if lim.memory_swap is not None:
-            if not self.fs.exists(f"{base}/memory.memsw.limit_in_bytes"):
-                if lim.memory_swap in (-1, lim.memory_limit):
-                    writes_swap: list[tuple[str, int, str]] = []
-                else:
-                    raise CgroupError("set", "memory.swap", "swap accounting is off in this kernel")
-            else:
-                writes_swap = [("memory.memsw.limit_in_bytes", lim.memory_swap, "memory.swap")]
-            writes += writes_swap
+            if self.fs.exists(f"{base}/memory.memsw.limit_in_bytes"):
+                writes.append(("memory.memsw.limit_in_bytes", lim.memory_swap))
+            elif lim.memory_swap not in (-1, lim.memory_limit):
+                # Without swap accounting only "no swap" or "unlimited" can be honoured.
+                raise CgroupError("set", "memory.swap", "swap accounting is off in this kernel")
         try:
-            for name, value, _ in writes:
+            for name, value in writes:
                 self.fs.write(f"{base}/{name}", str(value))
         except CgroupError as exc:
+            # Raising both: the new limit exceeds the old memsw, so memsw goes first.
             if exc.errno != errno.EINVAL or len(writes) != 2:
                 raise
-            for name, value, _ in reversed(writes):
+            for name, value in reversed(writes):
                 self.fs.write(f"{base}/{name}", str(value))
 
     def _set_blkio_weight(self, weight: int, path: str) -> None:

@@ -138,6 +138,16 @@ def test_memory_limit_oom_kills_a_process_allocating_past_it() -> None:
         assert after.memory_peak <= limit
 
 
+def test_memory_and_swap_can_be_raised_and_lowered_in_either_order() -> None:
+    with container_cgroup() as mgr:
+        memory = Path(mgr.path("memory"))
+        for size in (32 << 20, 96 << 20, 16 << 20):
+            # Raising needs memsw first, lowering needs the limit first.
+            mgr.set({"memory": {"limit": size, "swap": size}})
+            assert (memory / "memory.limit_in_bytes").read_text().strip() == str(size)
+            assert (memory / "memory.memsw.limit_in_bytes").read_text().strip() == str(size)
+
+
 def test_pids_limit_makes_fork_fail_past_it() -> None:
     forker = (
         "import os, time\n"
