@@ -264,3 +264,49 @@ def test_fairness_two_projects_with_equal_weight_split_one_cpu() -> None:
     # Not "most of the CPU": other tests on this shared machine may take a large part of
     # that CPU, which lowers both equally and leaves the ratio alone.
     assert used_a + used_b > 0.3e9, f"only {used_a + used_b} ns of CPU in 3 s"
+
+
+def test_device_rules_start_from_deny_all_and_allow_what_is_listed() -> None:
+    with container_cgroup() as mgr:
+        mgr.set(
+            {
+                "devices": [
+                    {"allow": False, "access": "rwm"},
+                    {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+                    {"allow": True, "type": "c", "major": 136, "access": "rw"},
+                ]
+            }
+        )
+        rules = Path(mgr.path("devices"), "devices.list").read_text().split("\n")
+        assert "c 1:3 rwm" in rules
+        assert "c 136:* rw" in rules
+        assert "a *:* rwm" not in rules
+        with pytest.raises(CgroupError) as info:
+            mgr.set({"devices": [{"allow": "yes"}]})
+        assert info.value.field == "devices[0].allow"
+
+
+def test_kill_all_kills_a_forking_tree_without_stragglers() -> None:
+    forkbomb = (
+        "import os, time\n"
+        "for _ in range(6):\n"
+        "    if os.fork() == 0:\n"
+        "        break\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with container_cgroup() as mgr, gated_child(forkbomb) as proc:
+        mgr.apply(proc.pid)
+        release(proc)
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        deadline = time.monotonic() + 5
+        while len(mgr.pids()) < 7 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(mgr.pids()) == 7
+        mgr.kill_all()
+        assert proc.wait(timeout=5) == -signal.SIGKILL
+        deadline = time.monotonic() + 5
+        while mgr.pids() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert mgr.pids() == []
