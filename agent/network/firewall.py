@@ -97,6 +97,12 @@ class NftFirewall:
                     f"add rule inet {self.table} postrouting ip saddr {subnet} "
                     f'oifname != "{bridge}" masquerade comment "{tag}"\n'
                 )
+            # A container reaching a published port of the host (its own or a neighbour's)
+            # is DNATed back onto the bridge; masquerade so the reply returns via the host.
+            script += (
+                f'add rule inet {self.table} postrouting oifname "{bridge}" ip saddr {subnet} '
+                f'ct status dnat masquerade comment "{tag}"\n'
+            )
         _run(["nft", "-f", "-"], script, step="nft_setup")
 
     def publish(self, container_id: str, ip: str, ports: Sequence[PublishedPort]) -> None:
@@ -182,6 +188,8 @@ class IptablesFirewall:
         self._ipt("-A", "POSTROUTING", "-s", "127.0.0.0/8", "-o", bridge, *comment)
         if nat:
             self._ipt("-A", "POSTROUTING", "-s", str(subnet), "!", "-o", bridge, *comment)
+        hairpin = ["-m", "conntrack", "--ctstate", "DNAT"]
+        self._ipt("-A", "POSTROUTING", "-s", str(subnet), "-o", bridge, *hairpin, *comment)
 
     def publish(self, container_id: str, ip: str, ports: Sequence[PublishedPort]) -> None:
         self._ensure_chain()

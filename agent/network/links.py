@@ -7,6 +7,7 @@ text of the kernel's answer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import ipaddress
 import os
@@ -33,6 +34,15 @@ def step(name: str) -> Iterator[None]:
         raise NetworkError(f"step.{name}", str(exc)) from exc
 
 
+@contextlib.contextmanager
+def _exists_ok() -> Iterator[None]:
+    try:
+        yield
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+
+
 def veth_names(container_id: str) -> tuple[str, str]:
     """Host-side and temporary peer names (IFNAMSIZ allows 15 characters)."""
     digest = hashlib.sha256(container_id.encode()).hexdigest()[:12]
@@ -49,15 +59,17 @@ def ensure_bridge(ipr: IPRoute, name: str, gateway: ipaddress.IPv4Interface) -> 
     with step("bridge"):
         index = link_index(ipr, name)
         if index is None:
-            ipr.link("add", ifname=name, kind="bridge")
+            with _exists_ok():  # a concurrent attach may have created it meanwhile
+                ipr.link("add", ifname=name, kind="bridge")
             index = link_index(ipr, name)
             if index is None:
                 raise NetworkError("step.bridge", f"bridge {name} vanished after creation")
         have = {(a.get("address"), a.get("prefixlen")) for a in ipr.get_addr(index=index, family=2)}
         if (str(gateway.ip), gateway.network.prefixlen) not in have:
-            ipr.addr(
-                "add", index=index, address=str(gateway.ip), prefixlen=gateway.network.prefixlen
-            )
+            with _exists_ok():
+                ipr.addr(
+                    "add", index=index, address=str(gateway.ip), prefixlen=gateway.network.prefixlen
+                )
         ipr.link("set", index=index, state="up")
         return index
 
@@ -153,7 +165,7 @@ def delete_link(ipr: IPRoute, name: str) -> bool:
         try:
             ipr.link("del", index=index)
         except NetlinkError as exc:
-            if exc.code == 19:  # ENODEV: gone meanwhile (its netns died)
+            if exc.code == errno.ENODEV:  # gone meanwhile (its netns died)
                 return False
             raise
         return True

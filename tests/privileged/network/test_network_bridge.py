@@ -6,6 +6,7 @@ import ipaddress
 import json
 import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,10 @@ def test_published_port_reachable_from_a_second_host_namespace(
     # From the host itself, also through loopback (route_localnet + masquerade).
     assert talk(None, "198.18.0.1", 8080).startswith("echo:hi from:")
     assert talk(None, "127.0.0.1", 8080) == "echo:hi from:10.77.0.1"
+    # A neighbour container through the host's published port (hairpin masquerade).
+    c2 = lab.netns("c2")
+    nm.attach(cid(), "client", c2, NetworkSpec())
+    assert talk(c2, "198.18.0.1", 8080) == "echo:hi from:10.77.0.1"
 
     rules = nft_rules(f"crltest{lab.tag}")
     mine_rules = [r for r in rules if r.get("comment") == f"corral:{container}"]
@@ -284,6 +289,15 @@ def test_iptables_fallback_publishes_and_removes_exactly(lab: Lab, tmp_path: Pat
     assert nm.firewall.tagged() == {}
     saved = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
     assert f"corral:{container}" not in saved and f"corral-nat:{lab.bridge}" in saved
+
+
+def test_concurrent_attaches_get_distinct_addresses(lab: Lab, tmp_path: Path) -> None:
+    nm = manager(lab, tmp_path)
+    spaces = [lab.netns(f"c{i}") for i in range(6)]
+    with ThreadPoolExecutor(max_workers=6) as pool:  # threads inherit this thread's netns
+        attachments = list(pool.map(lambda ns: nm.attach(cid(), "web", ns, NetworkSpec()), spaces))
+    assert len({a.ip_address for a in attachments}) == 6
+    assert len(links_named("crl")) == 6 and len(nm.ipam.leases()) == 6
 
 
 def test_facts_report_bridge_subnet_and_leases(lab: Lab, tmp_path: Path) -> None:
