@@ -10,7 +10,7 @@ import pytest
 
 from agent.runtime.cgroups import CgroupError, SystemdManager, cgroups_path_for, new_manager
 from agent.runtime.cgroups.dbus import MANAGER_IFACE, DBusError
-from agent.runtime.cgroups.systemd import (
+from agent.runtime.cgroups.systemd_props import (
     START_SIGNATURE,
     UINT64_MAX,
     cpu_mask,
