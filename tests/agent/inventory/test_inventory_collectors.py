@@ -160,6 +160,10 @@ def test_virtualization_reasoning_follows_the_evidence_on_this_machine() -> None
         assert v["container"] is None
         if Path("/.dockerenv").exists():
             assert any("ignored" in r for r in v["reasons"])
+    # The kernel's own boot message is independent of every source the collector reads.
+    dmesg = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
+    if "Hypervisor detected: KVM" in dmesg and v["container"] is None:
+        assert v["kind"] == "kvm_guest"
     sdv = src["systemd_detect_virt"]
     if sdv and sdv["vm"] not in ("none", "") and v["hypervisor"] == "kvm":
         assert sdv["vm"] == "kvm"
