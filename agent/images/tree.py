@@ -176,7 +176,21 @@ class EntryTree:
                 os.close(dfd)
             self._dir_times[parts] = (m.mtime, m.mtime)
             return
-        self._clear(fd, base, parts[:-1])
+        if m.isreg():
+            self.bytes_declared += m.size
+            if self.bytes_declared > self.limits.max_bytes:
+                raise ImageError(TOO_LARGE, f"entry {name!r}: layer over {self.limits.max_bytes} B")
+        try:
+            self._make(fd, base, m, tar, mode)
+        except FileExistsError:  # a later entry replaces an earlier one: later wins
+            self._clear(fd, base, parts[:-1])
+            self._make(fd, base, m, tar, mode)
+
+    def _make(
+        self, fd: int, base: str, m: tarfile.TarInfo, tar: tarfile.TarFile, mode: int
+    ) -> None:
+        """Create one non-directory entry; every call fails with EEXIST rather than follow
+        or overwrite what is there."""
         if m.isreg():
             self._write_file(fd, base, m, tar, mode)
         elif m.issym():
@@ -187,7 +201,7 @@ class EntryTree:
             self._hardlink(fd, base, m)
         elif m.ischr() or m.isblk():
             if not self.limits.allow_devices:
-                raise ImageError(DEVICE_NODE, f"entry {name!r}: device node not allowed")
+                raise ImageError(DEVICE_NODE, f"entry {m.name!r}: device node not allowed")
             kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
             os.mknod(base, kind | mode, os.makedev(m.devmajor, m.devminor), dir_fd=fd)
             self._meta_path(fd, base, m, mode)
@@ -195,14 +209,11 @@ class EntryTree:
             os.mknod(base, stat.S_IFIFO | mode, dir_fd=fd)
             self._meta_path(fd, base, m, mode)
         else:
-            raise ImageError(INVALID_LAYER, f"entry {name!r}: unsupported tar type {m.type!r}")
+            raise ImageError(INVALID_LAYER, f"entry {m.name!r}: unsupported tar type {m.type!r}")
 
     def _write_file(
         self, fd: int, base: str, m: tarfile.TarInfo, tar: tarfile.TarFile, mode: int
     ) -> None:
-        self.bytes_declared += m.size
-        if self.bytes_declared > self.limits.max_bytes:
-            raise ImageError(TOO_LARGE, f"entry {m.name!r}: layer over {self.limits.max_bytes} B")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         ffd = os.open(base, flags, 0o600, dir_fd=fd)
         try:

@@ -12,7 +12,6 @@ its diff_id (sha256 of the uncompressed tar) matches, so a refused layer leaves 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import logging
@@ -20,6 +19,7 @@ import os
 import shutil
 import tarfile
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -114,6 +114,37 @@ class _Guarded(io.RawIOBase):
         return n
 
 
+class _Inflate(io.RawIOBase):
+    """gzip (all members) through ``zlib`` in 1 MiB steps: ``gzip.GzipFile`` reads 8 KiB at
+    a time and checks the CRC in Python-visible steps, which doubled unpack time here."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self.src = src
+        self.z = zlib.decompressobj(wbits=31)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
+        while True:
+            if self.z.unconsumed_tail:
+                data = self.z.decompress(self.z.unconsumed_tail, len(buf))
+            elif self.z.eof:
+                rest = self.z.unused_data or self.src.read(_CHUNK)
+                if not rest:
+                    return 0
+                self.z = zlib.decompressobj(wbits=31)  # a further gzip member
+                data = self.z.decompress(rest, len(buf))
+            else:
+                chunk = self.src.read(_CHUNK)
+                if not chunk:
+                    raise EOFError("gzip stream ends before its end marker")
+                data = self.z.decompress(chunk, len(buf))
+            if data:
+                buf[: len(data)] = data
+                return len(data)
+
+
 def unpack_layer(
     blob: Path,
     dest: Path,
@@ -149,7 +180,7 @@ def _unpack_stream(raw: BinaryIO, root: Path, limits: UnpackLimits) -> UnpackRes
     kind = detect_compression(buffered.peek(4)[:4])
     inner: BinaryIO
     if kind == "gzip":
-        inner = gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
+        inner = io.BufferedReader(_Inflate(buffered), _CHUNK)
     elif kind == "zstd":
         inner = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
     else:
@@ -167,7 +198,7 @@ def _unpack_stream(raw: BinaryIO, root: Path, limits: UnpackLimits) -> UnpackRes
         tree.finish()
     except tarfile.TarError as exc:
         raise ImageError(INVALID_LAYER, f"layer: not a valid tar stream ({exc})") from exc
-    except (EOFError, OSError, zstandard.ZstdError) as exc:
+    except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
         if isinstance(exc, ImageError):
             raise
         raise ImageError(INVALID_LAYER, f"layer: cannot decompress or write ({exc})") from exc

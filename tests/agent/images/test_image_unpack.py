@@ -255,3 +255,17 @@ def test_gzip_bomb_stops_early(area: Path) -> None:
 
 def test_garbage_is_an_invalid_layer(area: Path) -> None:
     _refused(area, b"\x1f\x8bnot really gzip" * 10, "invalid_layer")
+
+
+def test_multi_member_gzip_layer_unpacks(area: Path) -> None:
+    raw = tar_bytes([Entry("a", data=b"1" * 70_000), Entry("b", data=b"2" * 70_000)])
+    half = len(raw) // 2
+    blob = gzip.compress(raw[:half]) + gzip.compress(raw[half:])
+    layer = _unpack(area, blob, expected_diff_id=sha(raw))
+    assert (layer / "b").read_bytes() == b"2" * 70_000
+
+
+def test_truncated_gzip_is_an_invalid_layer(area: Path) -> None:
+    raw = tar_bytes([Entry("a", data=os.urandom(200_000))])
+    blob = gzip.compress(raw)
+    _refused(area, blob[: len(blob) - 5000], "invalid_layer")
