@@ -40,7 +40,7 @@ class Host(models.Model):
     memory_available = models.BigIntegerField(null=True, blank=True)
     # Latest inventory snapshot and the indexed columns people filter by.
     inventory = models.JSONField(default=dict, blank=True)
-    inventory_hash = models.CharField(max_length=64, blank=True)
+    inventory_hash = models.CharField(max_length=80, blank=True)
     inventory_at = models.DateTimeField(null=True, blank=True)
     cpus = models.PositiveIntegerField(null=True, blank=True)
     memory_total = models.BigIntegerField(null=True, blank=True)
@@ -229,3 +229,6 @@ class CertificationChange(models.Model):
 
     class Meta:
         ordering = ["-at"]
+
+
+from hosts.models_ssh import SSHTarget, SSHTargetState  # noqa: E402, F401 - SSH bootstrap

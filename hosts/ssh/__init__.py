@@ -1,0 +1,1 @@
+"""SSH bootstrap of agents: validation, pinned-key paramiko sessions, bundle, installer."""

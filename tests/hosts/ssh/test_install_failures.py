@@ -1,0 +1,184 @@
+"""Install operations that fail against a real sshd: each ends ``failed`` with its code and a
+sentence, records its steps, and leaves nothing on the host (no prefix, no staging)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hosts.models import Operation
+from hosts.models_ssh import SSHTarget
+from hosts.ssh import services
+from tests.hosts.ssh.sshd_support import SSHHost, make_key, temporary_user
+
+pytestmark = [pytest.mark.privileged, pytest.mark.django_db]
+
+
+def add_target(host: SSHHost, **changes: Any) -> SSHTarget:
+    values: dict[str, Any] = {
+        "name": f"node-{host.netns}",
+        "address": host.address,
+        "port": host.port,
+        "user": "root",
+        "private_key": host.client_key.private_text,
+        "host_key_fingerprint": host.host_key.fingerprint,
+        "host_key_type": host.host_key.key_type,
+        "install_prefix": str(host.work / "opt" / "corral-agent"),
+    }
+    values.update(changes)
+    return services.ssh_target_create(**values)
+
+
+def run_install(target: SSHTarget, capture: Any, **payload: Any) -> Operation:
+    with capture(execute=False):  # the worker's task is called directly below
+        op = services.ssh_operation_start(target=target, action="install")
+    if payload:
+        Operation.objects.filter(pk=op.pk).update(payload={**op.payload, **payload})
+    return services.ssh_operation_run(str(op.pk))
+
+
+def assert_nothing_left(target: SSHTarget) -> None:
+    prefix = Path(target.install_prefix)
+    leftovers = [p for p in (prefix, Path(f"{prefix}.new"), Path(f"{prefix}.old")) if p.exists()]
+    assert leftovers == []
+    assert list(Path("/tmp").glob("corral-bundle.*")) == []
+
+
+def test_non_root_user_without_sudo_gets_one_prerequisite_error(
+    sshd: SSHHost, django_capture_on_commit_callbacks: Any
+) -> None:
+    key = make_key(sshd.work, "user_key")
+    with temporary_user(sshd, key) as user:
+        target = add_target(sshd, user=user, private_key=key.private_text)
+        op = run_install(target, django_capture_on_commit_callbacks)
+    assert op.status == "failed" and op.error_code == "prerequisite_missing"
+    assert op.error.startswith("prerequisites missing: root or passwordless sudo")
+    assert f"logged in as {user!r}" in op.error
+    assert op.step == "prerequisites"
+    target.refresh_from_db()
+    assert target.state == "failed"
+    assert_nothing_left(target)
+
+
+def test_sudo_requested_but_not_installed_is_named(
+    sshd: SSHHost, django_capture_on_commit_callbacks: Any
+) -> None:
+    key = make_key(sshd.work, "user_key")
+    with temporary_user(sshd, key) as user:
+        target = add_target(sshd, user=user, private_key=key.private_text, sudo=True)
+        op = run_install(target, django_capture_on_commit_callbacks)
+    assert op.error_code == "prerequisite_missing"
+    assert "passwordless sudo for" in op.error
+    assert "sudo is not installed" in op.error or "sudo asks for a password" in op.error
+
+
+def test_changed_host_key_fails_the_operation_before_authentication(
+    sshd: SSHHost, django_capture_on_commit_callbacks: Any
+) -> None:
+    target = add_target(sshd)
+    pinned = sshd.host_key.fingerprint
+    sshd.start_sshd(host_key=make_key(sshd.work, "new_host_key"))
+    op = run_install(target, django_capture_on_commit_callbacks)
+    assert op.error_code == "host_key_mismatch"
+    assert f"expected {pinned} (ssh-ed25519), got {sshd.host_key.fingerprint}" in op.error
+    assert "Accepted publickey" not in sshd.sshd_log()
+    assert_nothing_left(target)
+
+
+def test_wrong_key_fails_with_authentication_failed(
+    sshd: SSHHost, django_capture_on_commit_callbacks: Any
+) -> None:
+    target = add_target(sshd, private_key=make_key(sshd.work, "stranger").private_text)
+    op = run_install(target, django_capture_on_commit_callbacks)
+    assert (op.error_code, op.step) == ("authentication_failed", "connect")
+    assert "authentication failed for user 'root'" in op.error
+
+
+def test_closed_port_fails_with_connection_refused(
+    sshd: SSHHost, django_capture_on_commit_callbacks: Any
+) -> None:
+    target = add_target(sshd, port=2999)
+    op = run_install(target, django_capture_on_commit_callbacks)
+    assert op.error_code == "connection_refused"
+    assert "connection refused" in op.error
+
+
+@contextlib.contextmanager
+def counting_listener(address: str) -> Iterator[tuple[int, list[object]]]:
+    """A TCP listener that records every connection it gets."""
+    sock = socket.socket()
+    sock.bind((address, 0))
+    sock.listen(8)
+    sock.settimeout(0.2)
+    seen: list[object] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, peer = sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            seen.append(peer)
+            conn.close()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()[1], seen
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("user", "root; rm -rf /"),
+        ("install_prefix", "/opt/$(touch /tmp/crl-pwned)"),
+        ("install_prefix", "/opt/../etc"),
+        ("address", "127.0.0.1; reboot"),
+    ],
+)
+def test_malicious_stored_value_is_refused_before_any_connection(
+    sshd: SSHHost, django_capture_on_commit_callbacks: Any, field: str, value: str
+) -> None:
+    with counting_listener(sshd.host_side) as (port, seen):
+        target = add_target(sshd, address=sshd.host_side, port=port)
+        # A row written past the model's validation (an old row, a raw SQL edit).
+        SSHTarget.objects.filter(pk=target.pk).update(**{field: value})
+        target.refresh_from_db()
+        op = run_install(target, django_capture_on_commit_callbacks)
+        assert seen == []
+    assert (op.error_code, op.step) == ("invalid_input", "validate")
+    assert op.error.startswith(f"{field}: ")
+    assert not Path("/tmp/crl-pwned").exists()
+
+
+@pytest.mark.slow
+def test_full_disk_fails_with_disk_full_and_removes_staging(
+    sshd: SSHHost, django_capture_on_commit_callbacks: Any
+) -> None:
+    small = sshd.work / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "crlssh-small", str(small)],
+                   check=True)  # fmt: skip
+    try:
+        target = add_target(sshd, install_prefix=str(small / "corral-agent"))
+        op = run_install(target, django_capture_on_commit_callbacks, min_free_mb=1)
+        assert op.error_code == "disk_full", (op.error_code, op.error)
+        assert "no space left on the host" in op.error
+        assert_nothing_left(target)
+        assert sorted(p.name for p in small.iterdir()) == []
+        messages = [e.message for e in op.events.all()]
+        assert "rolled back: nothing of this attempt is left on the host" in messages
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
