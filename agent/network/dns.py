@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,8 +61,6 @@ def write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+        f.write(text)  # no fsync: attach rewrites these files; only the IPAM state must last
     tmp.chmod(0o644)
     tmp.replace(path)

@@ -11,15 +11,18 @@ import errno
 import hashlib
 import ipaddress
 import os
-from collections.abc import Iterator
-from typing import Any
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.network.errors import NetworkError
+from agent.runtime.linux import CLONE_NEWNET, LINUX
 
 ALIAS_PREFIX = "corral:"
+T = TypeVar("T")
 _MAIN_TABLE = 254
 
 
@@ -50,8 +53,14 @@ def veth_names(container_id: str) -> tuple[str, str]:
 
 
 def link_index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return int(found[0]) if found else None
+    """Index of the link ``name``, asked for directly (``link_lookup`` dumps every link)."""
+    try:
+        found = ipr.link("get", ifname=name)
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
+    return int(found[0]["index"]) if found else None
 
 
 def ensure_bridge(ipr: IPRoute, name: str, gateway: ipaddress.IPv4Interface) -> int:
@@ -120,6 +129,36 @@ def move_into(ipr: IPRoute, peer: str, netns_path: str) -> None:
             os.close(fd)
 
 
+def in_netns(netns_path: str, work: Callable[[IPRoute], T]) -> T:
+    """Run ``work`` with a netlink socket inside another network namespace.
+
+    A short-lived thread joins the namespace (``setns`` affects only the calling thread) and
+    does all the netlink work there: no fork of the (large) agent, unlike pyroute2's own
+    ``IPRoute(netns=...)``, which spawns a helper process for every socket. pyroute2 binds a
+    socket where it is first used, so the socket never leaves that thread.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                LINUX.setns(fd, CLONE_NEWNET)
+            finally:
+                os.close(fd)
+            with IPRoute() as ns:
+                box["result"] = work(ns)
+        except BaseException as exc:  # handed to the caller's thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="netns-config", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return cast(T, box["result"])
+
+
 def configure_inside(
     netns_path: str,
     peer: str,
@@ -129,7 +168,8 @@ def configure_inside(
 ) -> None:
     """Inside the container netns: ``lo`` up; peer renamed ``eth0`` with MAC, address, up,
     default route via the gateway."""
-    with step("netns_config"), IPRoute(netns=netns_path) as ns:
+
+    def work(ns: IPRoute) -> None:
         _lo_up(ns)
         index = link_index(ns, peer)
         if index is None:
@@ -142,11 +182,14 @@ def configure_inside(
         if gateway is not None:
             ns.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
 
+    with step("netns_config"):
+        in_netns(netns_path, work)
+
 
 def loopback_only(netns_path: str) -> None:
     """Network mode ``none``: the namespace keeps only ``lo``, which is brought up."""
-    with step("netns_config"), IPRoute(netns=netns_path) as ns:
-        _lo_up(ns)
+    with step("netns_config"):
+        in_netns(netns_path, _lo_up)
 
 
 def _lo_up(ns: IPRoute) -> None:

@@ -176,7 +176,8 @@ class NetworkManager:
             links.move_into(ipr, peer, netns_path)
             iface = ipaddress.IPv4Interface(f"{lease.ip_address}/{self.subnet.prefixlen}")
             links.configure_inside(netns_path, peer, iface, lease.mac, self.gateway)
-            self.firewall.unpublish(container_id)  # leftovers of an interrupted attempt
+            if existed:  # rules of an interrupted attempt; a new lease cannot have any
+                self.firewall.unpublish(container_id)
             self.firewall.publish(container_id, lease.ip_address, ports)
             undo.callback(_quietly, self.firewall.unpublish, container_id)
             servers = list(spec.dns) or dns.host_nameservers(self.host_resolv_conf)
@@ -236,7 +237,8 @@ class NetworkManager:
         cleanup_orphans). Idempotent: detaching twice or never attached is fine."""
         lease = self.ipam.get(container_id)
         host_end = lease.veth_host if lease else links.veth_names(container_id)[0]
-        self.firewall.unpublish(container_id)
+        if lease is None or lease.ports:  # a lease without ports never had rules
+            self.firewall.unpublish(container_id)
         with IPRoute() as ipr:
             links.delete_link(ipr, host_end)
         shutil.rmtree(self._files_dir(container_id), ignore_errors=True)
