@@ -27,6 +27,11 @@ SERVER = textwrap.dedent(
     socks = [socket.socket(fileno=3 + i) for i in range(n)]
     kinds = ",".join(f"{s.family.name}/{s.type.name}" for s in socks)
     names = os.environ["LISTEN_FDNAMES"]
+    if socks[0].type == socket.SOCK_DGRAM:  # a datagram service answers datagrams
+        socks[0].setblocking(True)
+        while True:
+            data, peer = socks[0].recvfrom(100)
+            socks[0].sendto(f"pid={os.getpid()} got={data.decode()}".encode(), peer)
     first = next(s for s in socks if s.type == socket.SOCK_STREAM)
     first.setblocking(True)
     while True:
@@ -212,6 +217,17 @@ def test_all_socket_kinds_are_passed_in_order_with_names(activators, tmp_path: P
     assert "kinds=AF_UNIX/SOCK_STREAM,AF_INET/SOCK_DGRAM,AF_INET/SOCK_STREAM" in reply
     act.close()
     assert not Path(path).exists()
+
+
+def test_a_datagram_starts_a_udp_service_which_receives_that_datagram(activators) -> None:
+    port = free_port()
+    act, launcher = activators([SocketSpec(name="dns", protocol="udp", port=port)])
+    act.arm()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        client.sendto(b"first", ("127.0.0.1", port))
+        reply = client.recv(100).decode()
+    assert reply == f"pid={launcher.pids[0]} got=first" and act.starts == 1
 
 
 def test_a_process_that_exits_by_itself_is_started_again(activators) -> None:
