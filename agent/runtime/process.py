@@ -1,0 +1,252 @@
+"""The linear start sequence of one container process.
+
+Three processes take part, talking over a SOCK_SEQPACKET pair (one JSON object per packet):
+
+* **parent** (the shim): forks *stage 1*, moves it into the cgroup, writes its id maps, learns
+  the init's host pid, waits for ``ready`` or an ``error`` naming the failed step.
+* **stage 1**: joins namespaces given by path, creates the user namespace (asks the parent for
+  maps), creates the other namespaces, forks the init (pid 1 of a new pid namespace) and exits.
+* **init**: rootfs -> hostname -> pivot_root, masked/readonly paths -> rlimits -> stdio ->
+  capabilities/user/no_new_privs -> ``ready`` -> waits on the exec fifo (OCI ``start``) ->
+  seccomp -> execve.
+
+The parent undoes what it started if any step fails: it kills both children and reaps them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol
+
+from agent.runtime import namespaces
+from agent.runtime.config import Config
+from agent.runtime.errors import RuntimeFailure
+from agent.runtime.linux import PR_SET_CHILD_SUBREAPER, Linux
+from agent.runtime.rootfs import Rootfs
+from agent.runtime.security import apply_process_security, install_seccomp
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SYNC_TIMEOUT = 30.0
+
+
+class CgroupLike(Protocol):
+    def apply(self, pid: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Stdio:
+    """File descriptors the container process gets as 0, 1 and 2."""
+
+    stdin: int
+    stdout: int
+    stderr: int
+
+
+class Sync:
+    """One end of the parent/child channel: JSON objects, one per packet."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def send(self, **message: Any) -> None:
+        self.sock.send(json.dumps(message).encode())
+
+    def recv(self, timeout: float = SYNC_TIMEOUT) -> dict[str, Any]:
+        self.sock.settimeout(timeout)
+        data = self.sock.recv(65536)
+        if not data:
+            raise RuntimeFailure("sync", "the other side exited before answering")
+        result: dict[str, Any] = json.loads(data)
+        return result
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What to start. ``exec_fifo_fd`` is an O_PATH fd of the OCI exec fifo (None: exec at
+    once). ``join_only`` is for ``exec``: enter a running container's namespaces, no rootfs."""
+
+    config: Config
+    stdio: Stdio
+    exec_fifo_fd: int | None = None
+    join_only: bool = False
+    selinux: bool = False
+
+
+def spawn(linux: Linux, launch: Launch, cgroup: CgroupLike | None) -> int:
+    """Start the container process; returns its host pid once it is ``ready``."""
+    linux.prctl(PR_SET_CHILD_SUBREAPER, 1)  # the init is re-parented to us when stage 1 exits
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stage1 = os.fork()
+    if stage1 == 0:
+        parent_sock.close()
+        _stage1(linux, launch, Sync(child_sock))
+    child_sock.close()
+    sync = Sync(parent_sock)
+    init_pid = 0
+    try:
+        if cgroup is not None:
+            _cgroup_apply(cgroup, stage1)
+        sync.send(go=True)
+        while True:
+            msg = sync.recv()
+            if "error" in msg:
+                raise RuntimeFailure.from_dict(msg["error"])
+            if msg.get("idmap"):
+                namespaces.write_id_maps(linux, stage1, launch.config)
+                sync.send(mapped=True)
+            elif "pid" in msg:
+                init_pid = int(msg["pid"])
+                os.waitpid(stage1, 0)
+                stage1 = 0
+            elif msg.get("ready"):
+                return init_pid
+    except BaseException:
+        for pid in (stage1, init_pid):
+            if pid:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    os.waitpid(pid, 0)
+        raise
+    finally:
+        sync.close()
+
+
+def _cgroup_apply(cgroup: CgroupLike, pid: int) -> None:
+    try:
+        cgroup.apply(pid)
+    except OSError as exc:
+        raise RuntimeFailure.from_os("cgroup.apply", exc) from None
+    except Exception as exc:  # CgroupError from the driver: keep its message and errno
+        raise RuntimeFailure("cgroup.apply", str(exc), getattr(exc, "errno", None)) from None
+
+
+def _report_and_exit(sync: Sync | None, exc: BaseException, step: str) -> NoReturn:
+    if isinstance(exc, RuntimeFailure):
+        failure = exc
+    elif isinstance(exc, OSError):
+        failure = RuntimeFailure.from_os(step, exc)
+    else:
+        failure = RuntimeFailure(step, f"{type(exc).__name__}: {exc}")
+    try:
+        if sync is not None:
+            sync.send(error=failure.to_dict())
+        else:
+            os.write(2, f"corral-runtime: {failure}\n".encode())
+    finally:
+        os._exit(1)
+
+
+def _stage1(linux: Linux, launch: Launch, sync: Sync) -> NoReturn:
+    """Child of the parent: namespaces, then fork the init."""
+    try:
+        sync.recv()  # "go": we are in the cgroup now
+        config = launch.config
+        namespaces.join_namespaces(linux, config)
+        if not launch.join_only and namespaces.new_user_namespace(config):
+            namespaces.unshare_user(linux)
+            sync.send(idmap=True)
+            sync.recv()
+        if not launch.join_only:
+            namespaces.unshare_rest(linux, config)
+        pid = os.fork()
+        if pid == 0:
+            _init(linux, launch, sync)
+        sync.send(pid=pid)
+        os._exit(0)
+    except BaseException as exc:
+        _report_and_exit(sync, exc, "stage1")
+
+
+def _init(linux: Linux, launch: Launch, sync: Sync) -> NoReturn:
+    """The container's process: set up everything, tell the parent, wait for start, exec."""
+    channel: Sync | None = sync
+    config = launch.config
+    process = config.process
+    try:
+        os.setsid()
+        if not launch.join_only:
+            rootfs = Rootfs(linux, config, selinux=launch.selinux)
+            rootfs.setup()
+            if config.hostname:
+                _step("hostname", lambda: linux.sethostname(config.hostname))
+            if config.domainname:
+                _step("domainname", lambda: linux.setdomainname(config.domainname))
+            rootfs.finish()
+        for rl in process.rlimits:
+            _step(f"rlimits {rl.type}", lambda r=rl: linux.setrlimit(r.type, r.soft, r.hard))
+        _step("stdio", lambda: _dup_stdio(launch.stdio))
+        _close_other_fds(sync.sock.fileno(), launch.exec_fifo_fd)
+        env = dict(e.split("=", 1) for e in process.env)
+        executable = find_executable(process.args[0], env.get("PATH", DEFAULT_PATH), process.cwd)
+        seccomp = config.seccomp
+        if seccomp is not None and not process.no_new_privileges:
+            _step("seccomp", lambda: install_seccomp(linux, seccomp))
+        _step("security", lambda: apply_process_security(linux, process))
+        _step("process.cwd", lambda: os.chdir(process.cwd))
+        sync.send(ready=True)
+        sync.close()
+        channel = None
+        if launch.exec_fifo_fd is not None:
+            _wait_for_start(launch.exec_fifo_fd)
+        if seccomp is not None and process.no_new_privileges:
+            install_seccomp(linux, seccomp)
+        os.execve(executable, list(process.args), env)  # noqa: S606 - exec is the point
+    except BaseException as exc:
+        _report_and_exit(channel, exc, "exec")
+
+
+def _step(name: str, action: Any) -> None:
+    try:
+        action()
+    except RuntimeFailure:
+        raise
+    except OSError as exc:
+        raise RuntimeFailure.from_os(name, exc) from None
+
+
+def _dup_stdio(stdio: Stdio) -> None:
+    for target, fd in ((0, stdio.stdin), (1, stdio.stdout), (2, stdio.stderr)):
+        if fd != target:
+            os.dup2(fd, target, inheritable=True)
+        else:
+            os.set_inheritable(fd, True)
+
+
+def _close_other_fds(*keep: int | None) -> None:
+    """Close every fd but stdio and ``keep``: the process must not hold the shim's pipes."""
+    low = 3
+    for fd in sorted(k for k in keep if k is not None and k >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
+
+
+def _wait_for_start(fifo_fd: int) -> None:
+    """Block until ``start`` opens the exec fifo for reading, then tell it we go on."""
+    fd = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+    os.write(fd, b"0")
+    os.close(fd)
+    os.close(fifo_fd)
+
+
+def find_executable(name: str, path: str, cwd: str) -> str:
+    """Resolve ``process.args[0]`` inside the container (after pivot_root), like execvp."""
+    if "/" in name:
+        candidate = name if name.startswith("/") else os.path.join(cwd, name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+        raise RuntimeFailure("process.args[0]", f"{name} is not an executable file", 2)
+    for directory in path.split(":"):
+        candidate = os.path.join(directory or ".", name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    raise RuntimeFailure("process.args[0]", f"{name} not found in PATH {path}", 2)

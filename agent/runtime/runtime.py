@@ -1,0 +1,288 @@
+"""The OCI runtime operations: create, start, state, kill, delete, plus run, exec, list, ps.
+
+``create`` validates the bundle's config before touching the host, makes the state directory
+and exec fifo, and hands the rest to a detached shim; every step it took is undone through an
+``ExitStack`` if a later one fails, so a failed create leaves no state, cgroup or mount.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import dataclasses
+import errno
+import json
+import os
+import select
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.runtime.config import Config, Namespace, Process, load_config
+from agent.runtime.errors import ContainerNotFound, RuntimeFailure
+from agent.runtime.linux import LINUX, NAMESPACE_PROC_NAMES, Linux
+from agent.runtime.process import Launch, Stdio, spawn
+from agent.runtime.shim import cgroup_manager, exit_code_of, run_shim
+from agent.runtime.state import (
+    DEFAULT_ROOT,
+    FIFO,
+    StateStore,
+    live_status,
+    oci_state,
+    write_atomic,
+)
+
+START_TIMEOUT = 10.0
+
+
+def parse_signal(value: str | int) -> int:
+    """``9``, ``KILL`` or ``SIGKILL`` -> 9; an error names the signal otherwise."""
+    if isinstance(value, int) or value.isdigit():
+        num = int(value)
+        if 0 < num < signal.NSIG:
+            return num
+    else:
+        name = value.upper()
+        name = name if name.startswith("SIG") else f"SIG{name}"
+        sig = getattr(signal.Signals, name, None)
+        if sig is not None:
+            return int(sig)
+    raise RuntimeFailure("signal", f"unknown signal {value!r}")
+
+
+class Runtime:
+    """One state root (``--root``). All methods raise :class:`RuntimeFailure` naming the step,
+    :class:`ContainerNotFound`, or :class:`ConfigError` naming the field."""
+
+    def __init__(self, root: str | Path = DEFAULT_ROOT, linux: Linux = LINUX) -> None:
+        self.store = StateStore(root)
+        self.linux = linux
+
+    # --- create / start -----------------------------------------------------------------
+    def create(
+        self, container_id: str, bundle: str | Path, *, pid_file: str | None = None
+    ) -> dict[str, Any]:
+        config = load_config(bundle)
+        with contextlib.ExitStack() as undo:
+            path = self.store.make_dir(container_id)
+            undo.callback(self.store.remove, container_id)
+            os.mkfifo(path / FIFO, 0o600)
+            pid = self._launch_shim(container_id, config)
+            if pid_file:
+                write_atomic(Path(pid_file).resolve(), str(pid))
+            undo.pop_all()
+        return self.state(container_id)
+
+    def _launch_shim(self, container_id: str, config: Config) -> int:
+        """Double fork: the shim is re-parented away from us and reports on a pipe."""
+        read_fd, write_fd = os.pipe()
+        middle = os.fork()
+        if middle == 0:
+            try:
+                os.close(read_fd)
+                if os.fork() == 0:
+                    run_shim(self.linux, self.store, container_id, config, write_fd)
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        os.waitpid(middle, 0)
+        # One line, not EOF: the container process holds a copy of the write end until exec.
+        chunks = []
+        while (chunk := os.read(read_fd, 65536)) and not chunk.endswith(b"\n"):
+            chunks.append(chunk)
+        chunks.append(chunk)
+        os.close(read_fd)
+        if not chunks:
+            raise RuntimeFailure("shim", "the monitor exited without reporting")
+        msg = json.loads(b"".join(chunks))
+        if "error" in msg:
+            raise RuntimeFailure.from_dict(msg["error"])
+        return int(msg["pid"])
+
+    def start(self, container_id: str) -> None:
+        """Let the created container exec its process (OCI ``start``)."""
+        state = self.store.read(container_id)
+        status = live_status(state)
+        if status != "created":
+            raise RuntimeFailure("start", f"container {container_id} is {status}, not created")
+        fifo = self.store.dir(container_id) / FIFO
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self._wait_fifo(fd, state)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            fifo.unlink()
+
+        def change(st: dict[str, Any]) -> None:
+            if st.get("status") == "created":
+                st.update(status="running", started_at=time.time())
+
+        self.store.update(container_id, change)
+
+    def _wait_fifo(self, fd: int, state: dict[str, Any]) -> None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if poller.poll(50):
+                with contextlib.suppress(BlockingIOError):
+                    if os.read(fd, 1):
+                        return
+            if live_status(state) == "stopped":
+                raise RuntimeFailure("start", "the container process exited before start")
+        raise RuntimeFailure(
+            "start", "timed out waiting for the container process", errno.ETIMEDOUT
+        )
+
+    # --- inspect ------------------------------------------------------------------------
+    def state(self, container_id: str) -> dict[str, Any]:
+        return oci_state(self.store.read(container_id))
+
+    def raw_state(self, container_id: str) -> dict[str, Any]:
+        """The whole state file (exit code, restart count, shim pid...)."""
+        state = self.store.read(container_id)
+        state["status"] = live_status(state)
+        return state
+
+    def list(self) -> builtins.list[dict[str, Any]]:
+        out = []
+        for cid in self.store.ids():
+            with contextlib.suppress(ContainerNotFound):
+                out.append(self.state(cid))
+        return out
+
+    def ps(self, container_id: str) -> builtins.list[int]:
+        state = self.store.read(container_id)
+        if state.get("cgroups_path"):
+            with contextlib.suppress(Exception):
+                from agent.runtime.cgroups import new_manager
+
+                pids: builtins.list[int] = new_manager(state["cgroups_path"]).pids()
+                return pids
+        return [state["pid"]] if live_status(state) in ("created", "running") else []
+
+    # --- stop / delete ------------------------------------------------------------------
+    def kill(self, container_id: str, sig: str | int = signal.SIGTERM) -> None:
+        signum = parse_signal(sig)
+        state = self.store.read(container_id)
+        if live_status(state) not in ("created", "running"):
+            raise RuntimeFailure("kill", f"container {container_id} is not running")
+        try:
+            os.kill(int(state["pid"]), signum)
+        except ProcessLookupError:
+            raise RuntimeFailure("kill", "container process is gone", errno.ESRCH) from None
+
+    def request_stop(self, container_id: str, requested: bool = True) -> None:
+        """Tell the shim not to restart the container when it next exits (or to again)."""
+
+        def change(st: dict[str, Any]) -> None:
+            st["stop_requested"] = requested
+
+        self.store.update(container_id, change)
+
+    def wait(self, container_id: str, timeout: float | None = None) -> int | None:
+        """Wait until the container process exited and the shim recorded it; the exit code."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        state = self.store.read(container_id)
+        pid = int(state.get("pid") or 0)
+        if live_status(state) in ("created", "running") and pid:
+            with contextlib.suppress(ProcessLookupError):
+                pidfd = os.pidfd_open(pid)
+                try:
+                    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    select.select([pidfd], [], [], remaining)
+                finally:
+                    os.close(pidfd)
+        while True:
+            state = self.store.read(container_id)
+            if state.get("status") == "stopped" and state.get("exit_code") is not None:
+                return int(state["exit_code"])
+            if deadline is not None and time.monotonic() > deadline:
+                return None
+            time.sleep(0.002)
+
+    def delete(self, container_id: str, *, force: bool = False) -> None:
+        """Remove a stopped container (``force``: kill it first). Leaves no cgroup or state."""
+        state = self.store.read(container_id)
+        if live_status(state) in ("created", "running"):
+            if not force:
+                raise RuntimeFailure("delete", f"container {container_id} is running; use --force")
+            self.request_stop(container_id)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(state["pid"]), signal.SIGKILL)
+            self._wait_gone(state)
+        if state.get("cgroups_path"):
+            self._destroy_cgroup(state["cgroups_path"])
+        self.store.remove(container_id)
+
+    def _wait_gone(self, state: dict[str, Any], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while live_status(state) in ("created", "running"):
+            if time.monotonic() > deadline:
+                raise RuntimeFailure("delete", "container process did not die", errno.ETIMEDOUT)
+            time.sleep(0.002)
+
+    def _destroy_cgroup(self, cgroups_path: str) -> None:
+        from agent.runtime.cgroups import new_manager
+
+        mgr = new_manager(cgroups_path)
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                pids = mgr.pids()
+            except Exception:
+                pids = []
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            try:
+                mgr.destroy()
+                return
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeFailure("delete.cgroup", str(exc)) from None
+                time.sleep(0.01)
+
+    # --- run / exec ---------------------------------------------------------------------
+    def run(self, container_id: str, bundle: str | Path) -> int | None:
+        """create + start + wait + delete; the exit code."""
+        self.create(container_id, bundle)
+        try:
+            self.start(container_id)
+            return self.wait(container_id)
+        finally:
+            self.delete(container_id, force=True)
+
+    def exec(
+        self,
+        container_id: str,
+        args: builtins.list[str],
+        *,
+        env: builtins.list[str] | None = None,
+        cwd: str | None = None,
+        stdio: Stdio | None = None,
+    ) -> int:
+        """Run another process in a running container's namespaces and cgroup; its exit code."""
+        state = self.store.read(container_id)
+        if live_status(state) != "running":
+            raise RuntimeFailure("exec", f"container {container_id} is not running")
+        config = load_config(state["bundle"])
+        pid = int(state["pid"])
+        joined = tuple(
+            Namespace(ns.type, f"/proc/{pid}/ns/{NAMESPACE_PROC_NAMES[ns.type]}")
+            for ns in config.namespaces
+        )
+        process: Process = dataclasses.replace(
+            config.process,
+            args=tuple(args),
+            env=tuple(env) if env is not None else config.process.env,
+            cwd=cwd or config.process.cwd,
+        )
+        exec_config = dataclasses.replace(config, namespaces=joined, process=process)
+        cgroup = cgroup_manager(config)
+        launch = Launch(exec_config, stdio or Stdio(0, 1, 2), join_only=True)
+        child = spawn(self.linux, launch, cgroup)
+        _, status = os.waitpid(child, 0)
+        return exit_code_of(status)

@@ -1,0 +1,346 @@
+"""The per-container monitor (like conmon): owns the container's stdio, logs, exit status and
+restart policy.
+
+It is started by a double fork with ``setsid`` so it is no child of whoever ran ``create`` and
+survives it being killed. It is a child subreaper, so the container's init (forked by stage 1)
+is re-parented to it and it can ``wait`` for it. It writes everything it learns into the state
+directory, which is how ``state``, ``delete`` and the agent (after a restart) find out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from agent.runtime.config import Config
+from agent.runtime.errors import RuntimeFailure
+from agent.runtime.linux import O_PATH, PR_SET_CHILD_SUBREAPER, Linux
+from agent.runtime.process import Launch, Stdio, spawn
+from agent.runtime.state import FIFO, LOG, StateStore, proc_start_time
+
+DEFAULT_LOG_MAX = 10 * 1024 * 1024
+SHIM_CGROUP = "/corral.slice/corral-shims.scope"
+_DRAIN_SECONDS = 0.2
+
+
+def iso_now(now: float | None = None) -> str:
+    stamp = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LogWriter:
+    """JSON-lines log (``{"time", "ts", "stream", "log"}``), rotated to ``.1`` when it
+    grows past ``max_bytes``."""
+
+    def __init__(self, path: Path, max_bytes: int = DEFAULT_LOG_MAX) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.partial: dict[str, bytes] = {}
+        self.fd = self._open()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def write(self, stream: str, data: bytes) -> None:
+        buf = self.partial.pop(stream, b"") + data
+        *lines, rest = buf.split(b"\n")
+        for line in lines:
+            self._entry(stream, line + b"\n")
+        if len(rest) > 16384:
+            self._entry(stream, rest)
+        elif rest:
+            self.partial[stream] = rest
+
+    def flush(self) -> None:
+        for stream, rest in list(self.partial.items()):
+            self._entry(stream, rest)
+        self.partial.clear()
+
+    def _entry(self, stream: str, line: bytes) -> None:
+        now = time.time()
+        record = {
+            "time": iso_now(now),
+            "ts": now,
+            "stream": stream,
+            "log": line.decode(errors="replace"),
+        }
+        os.write(self.fd, (json.dumps(record) + "\n").encode())
+        if os.fstat(self.fd).st_size > self.max_bytes:
+            os.close(self.fd)
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            self.fd = self._open()
+
+    def close(self) -> None:
+        self.flush()
+        os.close(self.fd)
+
+
+def cgroup_manager(config: Config) -> Any:
+    """The cgroup manager for the config's ``cgroupsPath``, or None when it has none."""
+    if not config.cgroups_path:
+        return None
+    from agent.runtime.cgroups import new_manager
+
+    return new_manager(config.cgroups_path)
+
+
+def exit_code_of(wait_status: int) -> int:
+    """Shell convention: the exit code, or 128 + signal number."""
+    code = os.waitstatus_to_exitcode(wait_status)
+    return 128 - code if code < 0 else code
+
+
+class Shim:
+    """The monitor of one container, running in its own process."""
+
+    def __init__(self, linux: Linux, store: StateStore, container_id: str, config: Config) -> None:
+        self.linux = linux
+        self.store = store
+        self.id = container_id
+        self.config = config
+        self.dir = store.dir(container_id)
+        self.cgroup: Any = None
+        self.log: LogWriter | None = None
+        self.oom_seen = 0
+
+    # --- process set-up -----------------------------------------------------------------
+    def detach(self, keep: int) -> None:
+        """Leave the caller's session and stdio; keep only ``keep`` of its fds."""
+        os.setsid()
+        self.linux.prctl(PR_SET_CHILD_SUBREAPER, 1)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 1 << 16)
+
+    def create(self) -> int:
+        """cgroup, pipes, the container process waiting on the exec fifo; returns its pid."""
+        if self.config.cgroups_path:
+            self.cgroup = _cgroup_step("cgroup.create", lambda: self._make_cgroup())
+        max_bytes = int(self.config.annotations.get("run.corral.log.max-bytes", DEFAULT_LOG_MAX))
+        self.log = LogWriter(self.dir / LOG, max_bytes)
+        fifo_fd = os.open(self.dir / FIFO, O_PATH | os.O_CLOEXEC)
+        try:
+            pid = self._spawn(fifo_fd)
+        finally:
+            os.close(fifo_fd)
+        return pid
+
+    def _make_cgroup(self) -> Any:
+        mgr = cgroup_manager(self.config)
+        mgr.ensure_parent()
+        mgr.create()
+        mgr.set(self.config.resources)
+        return mgr
+
+    def _spawn(self, fifo_fd: int | None) -> int:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            launch = Launch(self.config, Stdio(null, out_w, err_w), exec_fifo_fd=fifo_fd)
+            pid = spawn(self.linux, launch, self.cgroup)
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            for fd in (null, out_w, err_w):
+                os.close(fd)
+        self.pipes = {out_r: "stdout", err_r: "stderr"}
+        return pid
+
+    # --- monitoring ---------------------------------------------------------------------
+    def monitor(self, pid: int) -> NoReturn:
+        """Log output, record exits, restart per policy; exit when the container is done."""
+        self._leave_caller_cgroup()
+        while True:
+            status = self._pump_until_exit(pid)
+            restart = self._record_exit(status)
+            if not restart:
+                break
+            pid = self._restart()
+            if not pid:
+                break
+        if self.log is not None:
+            self.log.close()
+        os._exit(0)
+
+    def _leave_caller_cgroup(self) -> None:
+        """Off the start path: move into the shims' own cgroup (not the caller's)."""
+        if not self.config.cgroups_path:
+            return
+        with contextlib.suppress(Exception):
+            from agent.runtime.cgroups import new_manager
+
+            mgr = new_manager(SHIM_CGROUP)
+            mgr.create()
+            mgr.apply(os.getpid())
+
+    def _pump_until_exit(self, pid: int) -> int:
+        pidfd = os.pidfd_open(pid)
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        for fd in self.pipes:
+            poller.register(fd, select.POLLIN)
+        exited_at: float | None = None
+        wait_status = 0
+        while True:
+            timeout = 1000 if exited_at is None else 20
+            for fd, _ in poller.poll(timeout):
+                if fd == pidfd:
+                    poller.unregister(pidfd)
+                    _, wait_status = os.waitpid(pid, 0)
+                    exited_at = time.monotonic()
+                elif not self._read_pipe(fd):
+                    poller.unregister(fd)
+            self._reap_orphans()
+            if exited_at is not None and (
+                not self.pipes or time.monotonic() - exited_at > _DRAIN_SECONDS
+            ):
+                break
+        os.close(pidfd)
+        for fd in list(self.pipes):
+            os.close(fd)
+        self.pipes = {}
+        return wait_status
+
+    def _read_pipe(self, fd: int) -> bool:
+        data = os.read(fd, 65536)
+        if not data:
+            os.close(fd)
+            del self.pipes[fd]
+            return False
+        if self.log is not None:
+            self.log.write(self.pipes[fd], data)
+        return True
+
+    def _reap_orphans(self) -> None:
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+
+    def _record_exit(self, wait_status: int) -> bool:
+        """Write the exit into the state; say whether the restart policy wants another run."""
+        if self.log is not None:
+            self.log.flush()
+        code = exit_code_of(wait_status)
+        oom = self._oom_killed()
+        decision = {"restart": False}
+
+        def change(state: dict[str, Any]) -> None:
+            state.update(status="stopped", exit_code=code, finished_at=time.time(), oom_killed=oom)
+            policy = self.config.restart
+            count = int(state.get("restart_count", 0))
+            if state.get("stop_requested") or state.get("start_requested") is False:
+                return
+            if policy.name == "always":
+                decision["restart"] = True
+            elif policy.name == "on-failure" and code != 0:
+                decision["restart"] = not policy.max_retries or count < policy.max_retries
+
+        try:
+            self.store.update(self.id, change)
+        except (FileNotFoundError, LookupError):
+            return False  # deleted while running
+        return decision["restart"]
+
+    def _oom_killed(self) -> bool:
+        if self.cgroup is None:
+            return False
+        try:
+            kills = int(self.cgroup.stats().oom_kill)
+        except Exception:
+            return False
+        seen, self.oom_seen = self.oom_seen, kills
+        return kills > seen
+
+    def _restart(self) -> int:
+        state = self.store.read(self.id)
+        count = int(state.get("restart_count", 0))
+        time.sleep(min(0.1 * 2**count, 5.0))
+        try:
+            pid = self._spawn(None)
+        except (RuntimeFailure, OSError) as exc:
+            if self.log is not None:
+                self.log.write("stderr", f"corral-shim: restart failed: {exc}\n".encode())
+            return 0
+        stop = {"requested": False}
+
+        def change(st: dict[str, Any]) -> None:
+            stop["requested"] = bool(st.get("stop_requested"))
+            st.update(
+                status="running",
+                pid=pid,
+                pid_start_time=proc_start_time(pid),
+                restart_count=count + 1,
+                started_at=time.time(),
+                exit_code=None,
+            )
+
+        try:
+            self.store.update(self.id, change)
+        except LookupError:
+            stop["requested"] = True
+        if stop["requested"]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        return pid
+
+
+def _cgroup_step(step: str, action: Any) -> Any:
+    try:
+        return action()
+    except OSError as exc:
+        raise RuntimeFailure.from_os(step, exc) from None
+    except RuntimeFailure:
+        raise
+    except Exception as exc:  # CgroupError names its own field
+        raise RuntimeFailure(step, str(exc), getattr(exc, "errno", None)) from None
+
+
+def run_shim(
+    linux: Linux, store: StateStore, container_id: str, config: Config, result_fd: int
+) -> NoReturn:
+    """Body of the shim process: create the container, report to the caller, then monitor."""
+    shim = Shim(linux, store, container_id, config)
+    try:
+        shim.detach(keep=result_fd)
+        pid = shim.create()
+        start_time = proc_start_time(pid)
+        state = {
+            "ociVersion": "1.0.2",
+            "id": container_id,
+            "status": "created",
+            "pid": pid,
+            "pid_start_time": start_time,
+            "bundle": config.bundle,
+            "rootfs": config.root_path,
+            "annotations": config.annotations,
+            "created": iso_now(),
+            "shim_pid": os.getpid(),
+            "cgroups_path": config.cgroups_path,
+            "restart_count": 0,
+            "exit_code": None,
+        }
+        store.write(container_id, state)
+        os.write(result_fd, json.dumps({"pid": pid}).encode() + b"\n")
+        os.close(result_fd)
+    except BaseException as exc:
+        failure = exc if isinstance(exc, RuntimeFailure) else RuntimeFailure("shim", repr(exc))
+        if shim.cgroup is not None:
+            with contextlib.suppress(Exception):
+                shim.cgroup.destroy()
+        with contextlib.suppress(OSError):
+            os.write(result_fd, json.dumps({"error": failure.to_dict()}).encode() + b"\n")
+        os._exit(1)
+    shim.monitor(pid)

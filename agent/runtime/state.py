@@ -1,0 +1,152 @@
+"""The runtime's state directory: one directory per container under ``--root`` holding
+``state.json`` (OCI state plus what the shim records), the exec fifo and the log.
+
+Writes are atomic (temp file + rename) and read-modify-write happens under an ``flock`` on the
+container's ``lock`` file, because the shim (recording an exit) and the CLI (``start``,
+``delete``) update the same file from different processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from agent.runtime.errors import ContainerNotFound, RuntimeFailure
+
+DEFAULT_ROOT = "/run/corral/runtime"
+OCI_VERSION = "1.0.2"
+STATE_FILE = "state.json"
+FIFO = "exec.fifo"
+LOG = "ctr.log"
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-+")
+
+
+def check_id(container_id: str) -> None:
+    """Container ids become directory names: no '/', no '..', not empty."""
+    if not container_id or container_id in (".", "..") or not set(container_id) <= _ID_CHARS:
+        raise RuntimeFailure("id", f"invalid container id {container_id!r}")
+    if len(container_id) > 1024:
+        raise RuntimeFailure("id", "container id too long")
+
+
+def write_atomic(path: Path, data: str) -> None:
+    """Write ``data`` to a temp file beside ``path`` and rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: tells a process from a later one reusing its pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    if fields[0] == b"Z":
+        return None  # a zombie has exited; only its parent's wait is pending
+    return int(fields[19])
+
+
+class StateStore:
+    """Container directories under ``root``."""
+
+    def __init__(self, root: str | Path = DEFAULT_ROOT) -> None:
+        self.root = Path(root)
+
+    def dir(self, container_id: str) -> Path:
+        check_id(container_id)
+        return self.root / container_id
+
+    def make_dir(self, container_id: str) -> Path:
+        """Create the container's directory; a second create of the same id fails."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.dir(container_id)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            raise RuntimeFailure(
+                "state", f"container {container_id!r} already exists", 17
+            ) from None
+        return path
+
+    def exists(self, container_id: str) -> bool:
+        return (self.dir(container_id) / STATE_FILE).exists()
+
+    def read(self, container_id: str) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.dir(container_id) / STATE_FILE).read_text())
+        except FileNotFoundError:
+            raise ContainerNotFound(container_id) from None
+        return data
+
+    def write(self, container_id: str, state: dict[str, Any]) -> None:
+        write_atomic(self.dir(container_id) / STATE_FILE, json.dumps(state, sort_keys=True))
+
+    @contextlib.contextmanager
+    def locked(self, container_id: str) -> Iterator[None]:
+        path = self.dir(container_id)
+        try:
+            fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            raise ContainerNotFound(container_id) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def update(self, container_id: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Read, let ``change`` edit the dict in place, write back; all under the lock."""
+        with self.locked(container_id):
+            state = self.read(container_id)
+            change(state)
+            self.write(container_id, state)
+            return state
+
+    def ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / STATE_FILE).exists())
+
+    def remove(self, container_id: str) -> None:
+        shutil.rmtree(self.dir(container_id), ignore_errors=True)
+
+
+def live_status(state: dict[str, Any]) -> str:
+    """created/running as recorded, unless the process is gone: then stopped."""
+    status = str(state.get("status", "stopped"))
+    if status in ("created", "running"):
+        pid = state.get("pid") or 0
+        if not pid or proc_start_time(pid) != state.get("pid_start_time"):
+            return "stopped"
+    return status
+
+
+def oci_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The OCI ``state`` document (what ``corral-runtime state`` prints)."""
+    status = live_status(state)
+    out: dict[str, Any] = {
+        "ociVersion": OCI_VERSION,
+        "id": state["id"],
+        "status": status,
+        "bundle": state.get("bundle", ""),
+        "annotations": state.get("annotations", {}),
+    }
+    if status in ("created", "running"):
+        out["pid"] = state.get("pid", 0)
+    for key in ("created", "exit_code", "finished_at", "restart_count", "oom_killed", "rootfs"):
+        if key in state:
+            out[key] = state[key]
+    return out
