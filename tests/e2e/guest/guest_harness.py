@@ -230,7 +230,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def qemu_argv(
-    image: Path, payload: Path, workdir: Path, rport: int, hport: int, token: str
+    image: Path,
+    payload: Path,
+    workdir: Path,
+    rport: int,
+    hport: int,
+    token: str,
+    only: tuple[str, ...] = (),
 ) -> list[str]:
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
@@ -240,7 +246,7 @@ def qemu_argv(
     append = (
         "console=ttyS0 security=selinux selinux=1 enforcing=1 panic=-1 loglevel=4 "
         f"systemd.unit=multi-user.target corral.redis={GUEST_REDIS} corral.http={GUEST_HTTP} "
-        f"corral.token={token}"
+        f"corral.token={token}" + (f" corral.only={','.join(only)}" if only else "")
     )
     rhost, rgport = GUEST_REDIS.split(":")
     hhost, hgport = GUEST_HTTP.split(":")
@@ -283,7 +289,9 @@ def parse_results(text: str) -> tuple[dict[str, Scenario], bool, str | None]:
     return scenarios, begin, end
 
 
-def boot(image: Path, workdir: Path, timeout: float = 480.0) -> GuestRun:
+def boot(
+    image: Path, workdir: Path, timeout: float = 480.0, only: tuple[str, ...] = ()
+) -> GuestRun:
     """One guest boot with a fresh payload; returns what the scenarios reported."""
     payload = make_payload(workdir)
     token = secrets.token_hex(8)
@@ -291,7 +299,7 @@ def boot(image: Path, workdir: Path, timeout: float = 480.0) -> GuestRun:
     console = workdir / "console.log"
     with private_redis(workdir) as rport, control_plane_stand_in() as hport:
         redis_command(rport, "SET", f"corral:host:{token}", f"host-{token}")
-        argv = qemu_argv(image, payload, workdir, rport, hport, token)
+        argv = qemu_argv(image, payload, workdir, rport, hport, token, only)
         (workdir / "qemu.argv").write_text("\n".join(argv) + "\n")
         qlog = open(workdir / "qemu.log", "wb")  # noqa: SIM115 (closed in finally)
         start = time.monotonic()
@@ -349,6 +357,7 @@ def workdir(keep: bool = False) -> Iterator[Path]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the run directory")
+    parser.add_argument("--only", action="append", default=[], help="run just this scenario")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("must run as root", file=sys.stderr)
@@ -357,7 +366,7 @@ def main() -> int:
     image = build_image()
     t1 = time.monotonic()
     with workdir(args.keep) as wd:
-        run = boot(image, wd)
+        run = boot(image, wd, only=tuple(args.only))
     t2 = time.monotonic()
     for sc in run.scenarios.values():
         for line in sc.logs:

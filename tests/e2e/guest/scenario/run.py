@@ -87,6 +87,15 @@ def avc_denials() -> list[str]:
     return out
 
 
+def _cmdline_only() -> set[str]:
+    """``corral.only=a,b`` on the kernel command line: run just those (harness --only)."""
+    with open("/proc/cmdline") as fh:
+        for word in fh.read().split():
+            if word.startswith("corral.only="):
+                return set(word.split("=", 1)[1].split(","))
+    return set()
+
+
 def _uptime() -> str:
     with open("/proc/uptime") as fh:
         return fh.read().split()[0]
@@ -102,8 +111,9 @@ def main() -> int:
     channel.open()
     channel.emit(f"BEGIN uptime={_uptime()}")
     counts = {"PASS": 0, "FAIL": 0, "SKIP": 0}
+    only = set(args.only or []) | _cmdline_only()
     for name, fn, deadline in SCENARIOS:
-        if args.only and name not in args.only:
+        if only and name not in only:
             continue
         counts[run_one(channel, name, fn, deadline)] += 1
     for line in avc_denials():

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from scenario.common import (
     BUSYBOX,
@@ -40,14 +41,16 @@ def _two_levels() -> tuple[str, str]:
     return f"s0:c{first[0]},c{first[1]}", f"s0:c{second[0]},c{second[1]}"
 
 
-def _container_dir(name: str, label: str) -> Path:
+def _container_dir(
+    name: str, label: str, labeller: Callable[[Path, str], object] = relabel_tree
+) -> Path:
     """A container's private tree: its own busybox (the entrypoint) and a secret file."""
     root = STATE_DIR / "mcs" / name
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     shutil.copy2(BUSYBOX, root / "busybox")
     (root / "secret").write_text(f"secret-of-{name}\n")
-    relabel_tree(root, label)
+    labeller(root, label)
     return root
 
 
@@ -130,11 +133,36 @@ def isolation_with_plain_setexec(ctx: Context) -> str:
 
 
 def isolation_with_agent_selinux(ctx: Context) -> str:
-    selinux = import_or_skip("agent.runtime.selinux")
-    return _agent_selinux(ctx, selinux)
+    """The same proof through the agent's own SELinux module: levels from its MCSAllocator,
+    labels from process_label/file_label, files by label_path, exec by set_exec_label."""
+    se: Any = import_or_skip("agent.runtime.selinux")
+    mode = se.selinux_mode()
+    ctx.log(f"agent.runtime.selinux.selinux_mode() = {mode}")
+    assert mode == "enforcing", f"the agent sees SELinux {mode}"
+    state = STATE_DIR / "mcs-agent" / "levels.json"
+    shutil.rmtree(state.parent, ignore_errors=True)
+    alloc = se.MCSAllocator(state)
+    names = ("agent-ctr-a", "agent-ctr-b")
+    levels = {name: alloc.allocate(name) for name in names}
+    ctx.log(f"MCSAllocator levels {levels}, stored in {state}")
+    assert levels[names[0]] != levels[names[1]], f"one pair handed out twice: {levels}"
+    assert alloc.allocate(names[0]) == levels[names[0]], "allocate is not stable per container"
 
+    def labeller(root: Path, label: str) -> object:
+        return se.label_path(root, label)
 
-def _agent_selinux(ctx: Context, selinux: object) -> str:
-    from scenario.common import Skip
+    def exec_setter(label: str) -> Callable[[], None]:
+        return lambda: se.set_exec_label(label)
 
-    raise Skip(f"agent.runtime.selinux imported from {getattr(selinux, '__file__', '?')}")
+    containers = {
+        name: (
+            se.process_label(level),
+            _container_dir(name, se.file_label(level), labeller),
+        )
+        for name, level in levels.items()
+    }
+    detail = _prove_isolation(ctx, containers, exec_setter)
+    for name in names:
+        assert alloc.release(name), f"release({name}) found no allocation"
+    assert alloc.allocations() == {}, f"left allocated: {alloc.allocations()}"
+    return f"agent.runtime.selinux: {detail}; both pairs released"
