@@ -119,25 +119,29 @@ def collect_disks() -> Section:
     return {"block_devices": devices, "filesystems": _filesystems()}
 
 
-def _pseudo_fstypes() -> set[str]:
-    """Filesystem types the kernel marks ``nodev`` (proc, sysfs, cgroup, tmpfs...)."""
+NETWORK_FSTYPES = frozenset({"nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "zfs", "9p"})
+
+
+def _storage_fstypes() -> set[str]:
+    """Filesystem types that store data: block-device ones (not ``nodev`` in
+    /proc/filesystems) and network ones. Everything else (proc, nsfs, tmpfs...) is pseudo."""
     text = read_text("/proc/filesystems") or ""
-    return {line.split()[1] for line in text.splitlines() if line.startswith("nodev")}
+    block = {ln.split()[0] for ln in text.splitlines() if ln.strip() and not ln.startswith("nodev")}
+    return block | NETWORK_FSTYPES
 
 
 def _filesystems() -> list[dict[str, Any]]:
     """Each real filesystem once (by device), at the mount that shows its whole tree.
 
-    Bind mounts of subdirectories and overlay mounts other than ``/`` (container root
-    filesystems, which come and go with containers) are left out, so the list, and with it
-    the inventory hash, changes only when the host's storage does.
+    Pseudo filesystems, bind mounts of subdirectories and overlay mounts other than ``/``
+    (container root filesystems, which come and go with containers) are left out, so the
+    list, and with it the inventory hash, changes only when the host's storage does.
     """
-    pseudo = _pseudo_fstypes()
+    storage = _storage_fstypes()
     chosen: dict[str, dict[str, str]] = {}
     for entry in mountinfo():
-        if entry["fstype"] == "overlay" and entry["mount_point"] != "/":
-            continue
-        if entry["fstype"] in pseudo - {"overlay"}:
+        root_overlay = entry["fstype"] == "overlay" and entry["mount_point"] == "/"
+        if entry["fstype"] not in storage and not root_overlay:
             continue
         current = chosen.get(entry["device"])
         if current is None or (current["root"] != "/" and entry["root"] == "/"):
@@ -174,7 +178,11 @@ def collect_network() -> Section:
         names = sorted(p.name for p in net.iterdir())
     except OSError as exc:
         return unknown(f"/sys/class/net is not readable: {exc.strerror}")
-    v4 = _ipv4_addresses()
+    errors = {}
+    try:
+        v4 = _ipv4_addresses()
+    except OSError as exc:  # the interface list is still worth reporting
+        v4, errors["ipv4"] = {}, f"SIOCGIFCONF failed: {exc}"
     v6 = _ipv6_addresses()
     interfaces = []
     for name in names:
@@ -193,7 +201,10 @@ def collect_network() -> Section:
                 "addresses": v4.get(name, []) + v6.get(name, []),
             }
         )
-    return {"hostname": socket.gethostname(), "interfaces": interfaces}
+    out: Section = {"hostname": socket.gethostname(), "interfaces": interfaces}
+    if errors:
+        out["errors"] = errors
+    return out
 
 
 def _is_vlan(name: str) -> bool:

@@ -55,6 +55,12 @@ def _dmi_hypervisor(dmi: dict[str, str]) -> str | None:
     for value in dmi.values():
         for needle, name in DMI_VENDORS:
             if needle.lower() in value.lower():
+                # Microsoft also makes laptops: only its "Virtual Machine" product is Hyper-V.
+                if (
+                    name == "microsoft"
+                    and "virtual machine" not in dmi.get("product_name", "").lower()
+                ):
+                    continue
                 return name
     return None
 
@@ -121,6 +127,7 @@ def collect_virtualization() -> Section:
     dmi = _dmi()
     ns = {"user": _ns_inode("user"), "pid": _ns_inode("pid")}
     sources: dict[str, Any] = {
+        "cpuinfo_has_flags": "\nflags" in (read_text("/proc/cpuinfo") or ""),
         "cpuinfo_hypervisor_flag": " hypervisor" in f" {flags} ",
         "dmi": dmi or None,
         "sys_hypervisor_type": (read_text("/sys/hypervisor/type") or "").strip() or None,
@@ -135,8 +142,16 @@ def collect_virtualization() -> Section:
 def _decide(sources: dict[str, Any]) -> Section:
     """Pure reasoning over ``sources`` (so recorded evidence from other hosts can be replayed)."""
     reasons: list[str] = []
+    flag = bool(sources.get("cpuinfo_hypervisor_flag"))
     hypervisor = _dmi_hypervisor(sources.get("dmi") or {})
-    if hypervisor:
+    if hypervisor and sources.get("cpuinfo_has_flags", True) and not flag:
+        # Every x86 hypervisor sets the CPUID hypervisor bit; cloud "metal" instances keep
+        # their vendor's DMI strings without it.
+        reasons.append(
+            f"DMI names {hypervisor}, but the CPU has no hypervisor flag: a bare-metal instance"
+        )
+        hypervisor = None
+    elif hypervisor:
         reasons.append(f"DMI names a virtual machine vendor ({hypervisor})")
     xen = sources.get("sys_hypervisor_type")
     if not hypervisor and xen:
@@ -148,7 +163,6 @@ def _decide(sources: dict[str, Any]) -> Section:
                 hypervisor = CLOCKSOURCES[clock]
                 reasons.append(f"clock source {clock} exists only in {hypervisor} guests")
                 break
-    flag = bool(sources.get("cpuinfo_hypervisor_flag"))
     if flag and not hypervisor:
         hypervisor = "other"
         reasons.append("CPU reports the hypervisor flag, vendor not identified")

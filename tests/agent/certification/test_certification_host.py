@@ -91,6 +91,24 @@ def test_container_markers_count_only_outside_the_initial_namespaces() -> None:
     assert (decided["kind"], decided["container"]) == ("container", "podman")
 
 
+def test_cloud_metal_instance_with_vm_vendor_dmi_but_no_hypervisor_flag_is_bare_metal() -> None:
+    sources = copy.deepcopy(load(METAL)["virtualization"]["sources"])
+    sources["dmi"] = {"sys_vendor": "Amazon EC2", "product_name": "c5.metal"}
+    decided = virt._decide(sources)
+    assert (decided["kind"], decided["hypervisor"]) == ("bare_metal", None)
+    assert any("bare-metal instance" in r for r in decided["reasons"])
+
+
+def test_microsoft_hardware_is_a_vm_only_when_dmi_says_virtual_machine() -> None:
+    sources = copy.deepcopy(load(METAL)["virtualization"]["sources"])
+    sources["dmi"] = {"sys_vendor": "Microsoft Corporation", "product_name": "Surface Laptop 5"}
+    assert virt._decide(sources)["kind"] == "bare_metal"
+    sources["dmi"]["product_name"] = "Virtual Machine"
+    sources["cpuinfo_hypervisor_flag"] = True
+    decided = virt._decide(sources)
+    assert (decided["kind"], decided["hypervisor"]) == ("vm_guest", "microsoft")
+
+
 def test_guest_with_no_dmi_or_clock_hint_is_an_unidentified_vm() -> None:
     sources = copy.deepcopy(load(GUEST)["virtualization"]["sources"])
     sources.update(dmi=None, clocksources=["tsc"], systemd_detect_virt=None)

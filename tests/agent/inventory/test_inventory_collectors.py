@@ -49,7 +49,7 @@ def test_disks_list_every_block_device_and_size_the_root_filesystem() -> None:
     root = next(f for f in disks["filesystems"] if f["mount_point"] == "/")
     st = os.statvfs("/")
     assert root["size_bytes"] == st.f_blocks * st.f_frsize
-    pseudo = {"proc", "sysfs", "cgroup", "cgroup2", "devpts", "tmpfs", "devtmpfs"}
+    pseudo = {"proc", "sysfs", "cgroup", "cgroup2", "devpts", "tmpfs", "devtmpfs", "nsfs"}
     assert not pseudo & {f["fstype"] for f in disks["filesystems"]}
 
 

@@ -71,8 +71,16 @@ def test_collectors_degrade_on_a_host_where_nothing_is_readable(
 
 @pytest.mark.privileged
 def test_hash_is_stable_across_collections_and_ignores_volatile_facts() -> None:
-    first, second = collect_inventory(), collect_inventory()
-    assert inventory_hash(first) == inventory_hash(second)
+    # Other jobs on this shared CI host add and remove bridges and netns mounts at any
+    # moment, so look for one quiet pair of collections; an unstripped volatile fact (free
+    # memory, clock error...) would differ in every pair and still fail this test.
+    pairs = []
+    for _ in range(5):
+        first, second = collect_inventory(), collect_inventory()
+        pairs.append((inventory_hash(first), inventory_hash(second)))
+        if pairs[-1][0] == pairs[-1][1]:
+            break
+    assert pairs[-1][0] == pairs[-1][1], pairs
     changed = copy.deepcopy(first)
     changed["memory"]["available_bytes"] = 1
     changed["disks"]["filesystems"][0]["free_bytes"] = 1
