@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
+import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -346,3 +348,28 @@ def test_teardown_removes_bridge_and_our_rules(lab: Lab, tmp_path: Path, backend
     assert f"crltest{lab.tag}" not in tables
     saved = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
     assert "CRLTEST" not in saved and "corral" not in saved
+
+
+def test_attach_by_proc_path_and_detach_after_the_container_died(lab: Lab, tmp_path: Path) -> None:
+    nm = manager(lab, tmp_path)
+    proc = subprocess.Popen(["unshare", "--net", "sleep", "60"])  # a "container" process
+    try:
+        path = f"/proc/{proc.pid}/ns/net"
+        wait_until(lambda: Path(path).resolve() != Path("/proc/self/ns/net").resolve())
+        container = cid()
+        att = nm.attach(container, "web", path, NetworkSpec(ports=[PortMapping(80, 8088)]))
+        assert set(ns_links(path)) == {"lo", "eth0"} and att.veth_host in links_named("crl")
+    finally:
+        proc.kill()
+        proc.wait()
+    # Its netns is gone and took the veth pair with it; detach still clears lease and rules.
+    wait_until(lambda: links_named("crl") == [])
+    nm.detach(container)
+    assert nm.ipam.leases() == {} and nm.firewall.tagged() == {}
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
