@@ -65,6 +65,7 @@ FORM_FIELDS = {
     "placement",
     "labels",
 }
+NAME_CONSTRAINT = "unique_live_container_name_per_project"
 STATS_SAMPLES = 40
 QUERY_WAIT = 3.0
 
@@ -140,12 +141,26 @@ def container_create(request: HttpRequest) -> HttpResponse:
     except FormErrors as exc:
         errors = exc.errors
     except (CorralError, ValidationError) as exc:
-        errors = errors_from(exc, FIELD_ALIASES)
+        errors = _name_conflict(errors_from(exc, FIELD_ALIASES), request.POST)
     if errors:
         context = _create_context(request, request.POST, _fold_unknown(errors))
         return page(request, "frontend/container_form.html", context, status=400)
     messages.success(request, f"Container {container.name} created on {container.host}.")
     return redirect(reverse("frontend:container-detail", args=[container.pk]) + f"?op={op.pk}")
+
+
+def _name_conflict(errors: dict[str, list[str]], post: Any) -> dict[str, list[str]]:
+    """The model's unique-name constraint reports on the whole form; it is about the name."""
+    form_errors = errors.get("form", [])
+    if any(NAME_CONSTRAINT in m for m in form_errors):
+        errors["form"] = [m for m in form_errors if NAME_CONSTRAINT not in m]
+        if not errors["form"]:
+            del errors["form"]
+        errors.setdefault("name", []).append(
+            f"A container named {post.get('name', '')!r} already exists in project "
+            f"{post.get('project', '')}."
+        )
+    return errors
 
 
 def _fold_unknown(errors: dict[str, list[str]]) -> dict[str, list[str]]:

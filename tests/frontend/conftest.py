@@ -20,6 +20,7 @@ GIB = 1024**3
 def _plain_http(settings: Any) -> None:
     """The test client speaks plain HTTP and static files are not collected in tests."""
     settings.SECURE_SSL_REDIRECT = False
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast tests
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
