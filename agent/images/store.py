@@ -93,6 +93,12 @@ class ImageStore:
         present are not fetched again. A manifest whose digest differs from the pinned one
         is refused before anything else is fetched."""
         ref = parse_reference(reference)
+        if ref.digest:
+            # Content pinned by digest never changes: if it is whole here, no registry is
+            # needed (a host restarts its containers while the registry is down).
+            known = self.get(str(ref))
+            if known is not None and self._is_whole(known):
+                return known
         client = RegistryClient(
             registry_url or default_registry_url(ref.registry),
             ref.repository,
@@ -137,11 +143,10 @@ class ImageStore:
         if is_digest(key):
             return self._load(key)
         ref = parse_reference(key)
-        if ref.digest:
-            record = self._load(ref.digest)
-        else:
-            digest = self._read_refs().get(str(ref))
-            record = self._load(digest) if digest else None
+        digest = self._read_refs().get(str(ref))
+        if digest is None and ref.digest:
+            digest = ref.digest  # the manifest itself (an index digest is found via refs)
+        record = self._load(digest) if digest else None
         return replace(record, reference=str(ref)) if record else None
 
     def layers_for(self, image: ImageRecord | str) -> list[Path]:
@@ -341,6 +346,10 @@ class ImageStore:
         if not record.reference and record.references:
             record = replace(record, reference=record.references[0])
         return record
+
+    def _is_whole(self, record: ImageRecord) -> bool:
+        layers = (self.layer_dir / digest_hex(d) for d in record.layers)
+        return self.blobs.has(record.config_digest) and all(p.is_dir() for p in layers)
 
     def _blobs_of(self, record: ImageRecord) -> set[str]:
         """Manifest, config and layer blobs of an image, plus any index that led to it."""

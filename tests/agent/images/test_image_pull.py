@@ -24,6 +24,7 @@ from imgtest_helpers import (
     make_pki,
     no_tmp_layers,
     run_registry,
+    sha,
     write_htpasswd,
 )
 
@@ -85,6 +86,25 @@ def test_pull_by_digest_and_docker_media_types(registry: Registry, store: ImageS
     assert record.digest == image.digest
     assert record.reference.endswith(f"@{image.digest}")
     assert store.get(_ref(registry, f"@{image.digest}")) is not None
+
+
+def test_pull_by_digest_of_a_present_image_needs_no_registry(
+    registry: Registry, store: ImageStore
+) -> None:
+    image = _two_layer_image()
+    Pusher(registry, REPO).image(image, "1.0")
+    index = build_index({"amd64": image})
+    Pusher(registry, REPO).manifest("idx", index, OCI_INDEX)
+    by_index = _ref(registry, f"@{sha(index)}")
+    first = store.pull(by_index, registry_url=registry.url)
+    assert first.digest == image.digest
+    registry.proc.terminate()
+    registry.proc.wait(10)
+    again = store.pull(by_index, registry_url=registry.url)
+    assert again.digest == image.digest and again.reference == by_index
+    with pytest.raises(ImageError) as err:  # by tag it must ask the registry
+        store.pull(_ref(registry, ":1.0"), registry_url=registry.url)
+    assert err.value.code == "network_error"
 
 
 def test_pull_through_index_picks_amd64_and_fetches_nothing_of_arm64(
