@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent.certification import host_checks as _host_checks  # noqa: F401 - registers checks
+from agent.certification import host as _host  # noqa: F401 - registers the host checks
 from agent.certification.image_checks import ImageInput, ImagePolicy
 from agent.certification.registry import HOST_CHECKS, IMAGE_CHECKS, run_guarded
 from agent.protocol.messages import Finding

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.certification.data import DATA
 from agent.certification.registry import finding, image_check
 from agent.protocol.messages import Finding
 
-DATA = Path(__file__).with_name("data")
 MAX_LISTED = 20
 
 

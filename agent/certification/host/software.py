@@ -1,0 +1,161 @@
+"""Host checks on the software around containers: init system, OCI runtime CVEs, agent
+version, clock synchronisation, OS release."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.certification.data import load_data
+from agent.certification.registry import finding, host_check, missing, section
+from agent.certification.versions import dpkg_compare, upstream_key, upstream_lt
+from agent.protocol.messages import Finding
+
+
+@host_check("cert.systemd.W001", "systemd manages the host")
+def systemd_init(inv: dict[str, Any]) -> Finding:
+    cid = "cert.systemd.W001"
+    init = section(inv, "init")
+    if init is None:
+        return missing(cid, inv, "init")
+    if init.get("systemd"):
+        return finding(cid, "pass", "systemd is PID 1", pid1=init.get("pid1_comm"))
+    return finding(
+        cid,
+        "warn",
+        f"PID 1 is {init.get('pid1_comm')!r}, not systemd",
+        "without systemd the agent manages cgroups directly (no Delegate=yes slices)",
+        pid1=init.get("pid1_comm"),
+    )
+
+
+def _runtime_vulnerable(
+    entry: dict[str, Any], rt: dict[str, Any], os_id: str | None
+) -> tuple[bool, str]:
+    """(affected?, why) for one CVE entry and one installed runtime."""
+    version = rt.get("version")
+    if not version:
+        raise ValueError(f"runtimes.{entry['runtime']}.version: unknown")
+    if not upstream_lt(version, entry["fixed_in"]):
+        return False, f"{version} >= {entry['fixed_in']}"
+    pkg = rt.get("package") or {}
+    for fix in entry.get("distro_fixes", []):
+        same_pkg = pkg.get("manager") == fix["manager"] and pkg.get("name") == fix["package"]
+        if (
+            same_pkg
+            and os_id == fix["os_id"]
+            and pkg.get("version")
+            and dpkg_compare(pkg["version"], fix["fixed_version"]) >= 0
+        ):
+            return False, f"{os_id} package {pkg['version']} carries the fix"
+    return True, f"{version} < {entry['fixed_in']}"
+
+
+@host_check("cert.runtime.E001", "installed OCI runtimes have no known container-escape CVE")
+def runtime_cves(inv: dict[str, Any]) -> Finding:
+    cid = "cert.runtime.E001"
+    rts = section(inv, "runtimes")
+    if rts is None:
+        return missing(cid, inv, "runtimes")
+    os_id = (section(inv, "os") or {}).get("id")
+    table = load_data("runtime_cves.json")["entries"]
+    affected: list[dict[str, str]] = []
+    checked: dict[str, list[str]] = {}
+    unreadable: list[str] = []
+    for name, rt in sorted((rts.get("runtimes") or {}).items()):
+        for entry in (e for e in table if e["runtime"] == name):
+            try:
+                hit, why = _runtime_vulnerable(entry, rt, os_id)
+            except ValueError:
+                unreadable.append(name)
+                break
+            checked.setdefault(name, []).append(f"{entry['cve']}: {why}")
+            if hit:
+                affected.append({"runtime": name, "cve": entry["cve"], "source": entry["source"]})
+    if affected:
+        names = ", ".join(f"{a['runtime']} ({a['cve']})" for a in affected)
+        return finding(
+            cid,
+            "fail",
+            f"vulnerable OCI runtimes: {names}",
+            "upgrade the runtime packages named here",
+            affected=affected,
+            checked=checked,
+        )
+    if unreadable:
+        return finding(
+            cid,
+            "unknown",
+            f"could not read the version of: {', '.join(unreadable)}",
+            checked=checked,
+            unreadable=unreadable,
+        )
+    return finding(cid, "pass", "no installed runtime matches a known CVE", checked=checked)
+
+
+@host_check("cert.agent.E001", "the agent version is supported")
+def agent_version(inv: dict[str, Any]) -> Finding:
+    cid = "cert.agent.E001"
+    ag = section(inv, "agent")
+    if ag is None:
+        return missing(cid, inv, "agent")
+    minimum = load_data("supported.json")["agent_min_version"]
+    version = str(ag.get("version", ""))
+    try:
+        too_old = upstream_key(version) < upstream_key(minimum)
+    except ValueError:
+        return finding(cid, "unknown", f"agent version {version!r} is unreadable", version=version)
+    if too_old:
+        return finding(
+            cid,
+            "fail",
+            f"agent {version} is older than the supported {minimum}",
+            "upgrade the agent",
+            version=version,
+            minimum=minimum,
+        )
+    return finding(cid, "pass", f"agent {version} is supported", version=version, minimum=minimum)
+
+
+@host_check("cert.clock.W001", "the clock is synchronised")
+def clock_sync(inv: dict[str, Any]) -> Finding:
+    cid = "cert.clock.W001"
+    clock = section(inv, "clock")
+    if clock is None:
+        return missing(cid, inv, "clock")
+    evidence: dict[str, Any] = {
+        k: clock.get(k) for k in ("synchronized", "sta_unsync", "maxerror_us")
+    }
+    if clock.get("synchronized"):
+        return finding(cid, "pass", "the kernel clock is NTP-synchronised", **evidence)
+    return finding(
+        cid,
+        "warn",
+        "the kernel clock is not synchronised (STA_UNSYNC)",
+        "run an NTP client (chrony, systemd-timesyncd); signed messages expire by time",
+        **evidence,
+    )
+
+
+@host_check("cert.os.E001", "the OS release is supported")
+def os_supported(inv: dict[str, Any]) -> Finding:
+    cid = "cert.os.E001"
+    osr = section(inv, "os")
+    if osr is None:
+        return missing(cid, inv, "os")
+    supported: dict[str, list[str]] = load_data("supported.json")["os"]
+    os_id, version = osr.get("id", ""), osr.get("version_id", "")
+    ok = any(version == v or version.startswith(v + ".") for v in supported.get(os_id, []))
+    evidence: dict[str, Any] = {
+        "id": os_id,
+        "version_id": version,
+        "pretty_name": osr.get("pretty_name"),
+    }
+    if ok:
+        return finding(cid, "pass", f"{os_id} {version} is supported", **evidence)
+    return finding(
+        cid,
+        "fail",
+        f"{os_id} {version} is not a supported OS release",
+        f"supported: {', '.join(f'{k} {v}' for k, vs in supported.items() for v in vs)}",
+        **evidence,
+    )
