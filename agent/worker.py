@@ -5,6 +5,7 @@ thin and call the runtime, image and inventory modules."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -336,6 +337,15 @@ def _pull(agent: Agent, msg: PullImage) -> dict[str, Any]:
 
 
 def make_app(config: AgentConfig) -> Celery:
+    # Celery prefers CELERY_BROKER_URL from the environment over any configuration; the agent
+    # talks only to the broker its enrollment gave it, whatever its environment says.
+    for variable in (
+        "CELERY_BROKER_URL",
+        "CELERY_RESULT_BACKEND",
+        "CELERY_BROKER_WRITE_URL",
+        "CELERY_BROKER_READ_URL",
+    ):
+        os.environ.pop(variable, None)
     app = Celery("corral-agent", set_as_current=False)
     app.conf.update(
         broker_url=config.broker_url,

@@ -5,11 +5,10 @@ its history (a CertificationChange row whenever the verdict changes)."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from django.conf import settings
 
-from agent.protocol.messages import InventoryReport
+from agent.protocol.messages import Finding, InventoryReport
 from hosts.models import CertificationChange, Host
 
 logger = logging.getLogger(__name__)
@@ -22,7 +21,7 @@ def host_profile(host: Host) -> str:
     )
 
 
-def evaluate_findings(findings: list[dict[str, Any]], profile: str) -> tuple[str, list[str]]:
+def evaluate_findings(findings: list[Finding], profile: str) -> tuple[str, list[str]]:
     from agent.protocol.certification import evaluate
 
     verdict, failed = evaluate(findings, profile)
@@ -30,9 +29,9 @@ def evaluate_findings(findings: list[dict[str, Any]], profile: str) -> tuple[str
 
 
 def host_certification_record(host: Host, report: InventoryReport) -> str:
-    findings = [f.to_dict() for f in report.findings]
     profile = host_profile(host)
-    verdict, failed = evaluate_findings(findings, profile)
+    verdict, failed = evaluate_findings(list(report.findings), profile)
+    findings = [f.to_dict() for f in report.findings]
     previous = Host.objects.filter(pk=host.pk).values_list("certification", flat=True).first()
     Host.objects.filter(pk=host.pk).update(
         certification=verdict, findings=findings, certification_profile=profile

@@ -231,19 +231,22 @@ def hosts_liveness_sweep(*, now: datetime | None = None) -> dict[str, int]:
 
 
 def _indexed_columns(inv: dict[str, Any]) -> dict[str, Any]:
+    """The few inventory facts people filter by, copied into indexed columns."""
+
     def section(name: str) -> dict[str, Any]:
         value = inv.get(name)
         return value if isinstance(value, dict) else {}
 
     cpu, mem, kernel, osr = section("cpu"), section("memory"), section("kernel"), section("os")
-    virt, cgroup, selinux = section("virtualization"), section("cgroup"), section("selinux")
+    virt, cgroups, selinux = section("virtualization"), section("cgroups"), section("selinux")
+    version = cgroups.get("version")
     return {
-        "cpus": cpu.get("threads") or cpu.get("logical_cpus") or cpu.get("count"),
-        "memory_total": mem.get("total") or mem.get("total_bytes") or mem.get("mem_total"),
+        "cpus": cpu.get("online") or cpu.get("threads"),
+        "memory_total": mem.get("total_bytes"),
         "kernel": str(kernel.get("release", ""))[:128],
-        "os_name": str(osr.get("pretty_name") or osr.get("name") or "")[:128],
-        "virtualization": str(virt.get("kind") or virt.get("type") or "")[:32],
-        "cgroup_version": str(cgroup.get("version", ""))[:8],
+        "os_name": str(osr.get("pretty_name") or osr.get("id") or "")[:128],
+        "virtualization": str(virt.get("kind") or "")[:32],
+        "cgroup_version": f"v{version}" if version in (1, 2) else "",
         "selinux_mode": str(selinux.get("mode", ""))[:16],
     }
 
@@ -407,3 +410,29 @@ def operations_expire(*, now: datetime | None = None) -> int:
         if operation_transition(op.pk, to, error_code=to, error=message):
             count += 1
     return count
+
+
+@transaction.atomic
+def host_send(
+    *,
+    host: Host,
+    kind: str,
+    payload: Any,
+    requested_by: Any = None,
+    deadline_seconds: float | None = None,
+) -> Operation:
+    """Record an operation for ``host`` and send the command after commit (ping, inventory,
+    certification re-run...). An offline host fails the operation at once with the reason."""
+    from hosts import dispatch
+
+    op = operation_create(
+        kind=kind,
+        host=host,
+        target_type="host",
+        target_id=str(host.pk),
+        project_slug=host.project_slug,
+        requested_by=requested_by,
+        deadline_seconds=deadline_seconds,
+    )
+    dispatch.send_command(op, kind, payload)
+    return op

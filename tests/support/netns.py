@@ -35,7 +35,9 @@ class NetnsHost:
         return f"/run/netns/{self.name}"
 
     def exec_argv(self, argv: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.name, *argv]
+        # nsenter joins only the network namespace; `ip netns exec` would also remount /sys
+        # in a private mount namespace and hide the cgroup hierarchies from the agent.
+        return ["nsenter", f"--net={self.path}", "--", *argv]
 
 
 @contextlib.contextmanager

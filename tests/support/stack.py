@@ -190,6 +190,22 @@ def database_url() -> str:
     return f"postgresql://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
+def point_celery_at(url: str) -> None:
+    """Make this process's control-plane Celery app publish to ``url`` (Celery prefers the
+    CELERY_BROKER_URL environment variable; its connection pools are dropped)."""
+    from config.celery import app
+
+    if url:
+        os.environ["CELERY_BROKER_URL"] = url
+    else:
+        os.environ.pop("CELERY_BROKER_URL", None)
+    app.conf.broker_url = url or None
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
+
+
 @pytest.fixture
 def stack(
     transactional_db: Any,
@@ -227,10 +243,13 @@ def stack(
     st = Stack(
         live_url=live_server.url, broker=broker, db_url=env["DATABASE_URL"], work=work, env=env
     )
+    previous_broker = os.environ.get("CELERY_BROKER_URL", "")
+    point_celery_at(broker.local_url)
     try:
         yield st
     finally:
         st.close()
+        point_celery_at(previous_broker)
         if os.environ.get("CORRAL_KEEP_LOGS"):
             print(f"stack logs kept in {work}")
         else:
