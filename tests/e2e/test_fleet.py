@@ -43,7 +43,7 @@ def wait_op(op: Operation, timeout: float = 20.0) -> Operation:
 
 
 @pytest.fixture
-def fleet(stack):  # type: ignore[no-untyped-def]
+def fleet(stack):
     stack.start_worker()
     agents = []
     for i in range(3):
@@ -66,7 +66,7 @@ def admin_client() -> APIClient:
     return client
 
 
-def test_three_agents_in_three_namespaces_are_online_with_full_inventory(fleet, stack) -> None:  # type: ignore[no-untyped-def]
+def test_three_agents_in_three_namespaces_are_online_with_full_inventory(fleet, stack) -> None:
     client = admin_client()
     body = client.get("/api/v1/hosts/").json()
     assert body["count"] == 3
@@ -112,7 +112,7 @@ def test_three_agents_in_three_namespaces_are_online_with_full_inventory(fleet, 
 
 def test_killed_agent_goes_unknown_then_offline_and_comes_back_as_the_same_host(
     fleet, stack
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     victim = fleet[0]
     victim.proc.kill9()
     killed_at = time.monotonic()
@@ -142,7 +142,7 @@ def test_killed_agent_goes_unknown_then_offline_and_comes_back_as_the_same_host(
     assert Host.objects.filter(name="node0").count() == 1
 
 
-def test_a_host_cannot_speak_for_another(fleet, stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_host_cannot_speak_for_another(fleet, stack) -> None:
     from config.celery import app
 
     a, b = fleet[0], fleet[1]
@@ -163,7 +163,7 @@ def test_a_host_cannot_speak_for_another(fleet, stack) -> None:  # type: ignore[
     assert f"claiming host {b.host_id}" in worker.log()
 
 
-def test_replayed_and_expired_commands_are_refused(fleet, stack) -> None:  # type: ignore[no-untyped-def]
+def test_replayed_and_expired_commands_are_refused(fleet, stack) -> None:
     from config.celery import app
 
     host = host_of(fleet[2])
@@ -206,7 +206,7 @@ def test_replayed_and_expired_commands_are_refused(fleet, stack) -> None:  # typ
 
 def test_command_queued_while_the_agent_is_dead_runs_once_after_restart_or_ends_lost(
     fleet, stack
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     victim = fleet[1]
     victim.proc.kill9()
     host = host_of(victim)

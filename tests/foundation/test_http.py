@@ -20,20 +20,20 @@ ANONYMOUS_FORBIDDEN = [
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("path", ANONYMOUS_FORBIDDEN)
-def test_anonymous_api_request_gets_401_never_data(client, path: str) -> None:  # type: ignore[no-untyped-def]
+def test_anonymous_api_request_gets_401_never_data(client, path: str) -> None:
     response = client.get(path)
     assert response.status_code in (401, 403)
     assert b"results" not in response.content
 
 
 @pytest.mark.django_db
-def test_anonymous_api_docs_and_ui_redirect_or_refuse(client) -> None:  # type: ignore[no-untyped-def]
+def test_anonymous_api_docs_and_ui_redirect_or_refuse(client) -> None:
     assert client.get("/api/docs/").status_code in (401, 403, 302)
     assert client.get("/login/").status_code == 200
 
 
 @pytest.mark.django_db
-def test_token_authenticates_api_and_docs_render_for_users(client) -> None:  # type: ignore[no-untyped-def]
+def test_token_authenticates_api_and_docs_render_for_users(client) -> None:
     user = get_user_model().objects.create_user("ops", password="pw-ops-123456")
     token = Token.objects.create(user=user)
     response = client.get("/api/v1/hosts/", HTTP_AUTHORIZATION=f"Token {token.key}")
@@ -47,7 +47,7 @@ def test_token_authenticates_api_and_docs_render_for_users(client) -> None:  # t
 
 
 @pytest.mark.django_db
-def test_healthz_checks_database_and_broker(client) -> None:  # type: ignore[no-untyped-def]
+def test_healthz_checks_database_and_broker(client) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200
     body = response.json()
@@ -57,7 +57,7 @@ def test_healthz_checks_database_and_broker(client) -> None:  # type: ignore[no-
 
 
 @pytest.mark.django_db
-def test_healthz_answers_503_naming_the_broker_when_it_is_down(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_healthz_answers_503_naming_the_broker_when_it_is_down(client, monkeypatch) -> None:
     # Celery reads CELERY_BROKER_URL from the environment before its own settings.
     monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")
     response = client.get("/healthz")

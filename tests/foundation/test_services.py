@@ -16,7 +16,7 @@ def test_database_is_postgresql() -> None:
 
 
 @pytest.mark.slow
-def test_broker_round_trip_through_a_real_worker_process(stack) -> None:  # type: ignore[no-untyped-def]
+def test_broker_round_trip_through_a_real_worker_process(stack) -> None:
     from config.celery import app
 
     stack.start_worker()

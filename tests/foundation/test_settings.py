@@ -61,7 +61,7 @@ def test_secret_key_is_required_when_debug_is_off() -> None:
     assert "SECRET_KEY must be set when DEBUG is off" in result.stderr
 
 
-def test_check_deploy_passes_with_production_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_check_deploy_passes_with_production_settings(tmp_path) -> None:
     result = manage(
         "check",
         "--deploy",
