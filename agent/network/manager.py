@@ -9,12 +9,10 @@ renamed ``eth0``, addressed, default route -> published ports (DNAT) -> resolv.c
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import logging
 import re
 import shutil
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from agent.network import dns, links
+from agent.network import dns, links, validation
 from agent.network.errors import NetworkError
 from agent.network.firewall import choose
 from agent.network.ipam import Ipam, Lease, PublishedPort
@@ -33,8 +31,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_SUBNET = "10.88.0.0/16"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _BRIDGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
-_MODES = ("none", "host", "bridge")
-_PROTOCOLS = ("tcp", "udp")
 
 
 @dataclass(frozen=True)
@@ -71,7 +67,7 @@ class NetworkManager:
         if not _BRIDGE_RE.match(bridge):
             raise NetworkError("bridge", "1-15 letters, digits, '_', '.', '-'")
         self.bridge = bridge
-        self.subnet = _parse_subnet(subnet)
+        self.subnet = validation.parse_subnet(subnet)
         self.gateway = next(self.subnet.hosts())
         self.nat = nat
         self.state_dir = Path(state_dir)
@@ -105,27 +101,8 @@ class NetworkManager:
     def _published(
         self, spec: NetworkSpec, allow_privileged: bool, container_id: str | None
     ) -> tuple[PublishedPort, ...]:
-        if spec.mode not in _MODES:
-            raise NetworkError("network.mode", f"must be one of {', '.join(_MODES)}")
-        dns.check_servers(spec.dns)
-        if spec.ports and spec.mode != "bridge":
-            raise NetworkError("network.ports", f"mode {spec.mode} cannot publish ports")
-        ports: list[PublishedPort] = []
-        for i, mapping in enumerate(spec.ports):
-            port = _check_port(f"network.ports[{i}]", mapping, allow_privileged)
-            for j, earlier in enumerate(ports):
-                if port.overlaps(earlier):
-                    raise NetworkError(
-                        f"network.ports[{i}].host_port", f"same host port as network.ports[{j}]"
-                    )
-            ports.append(port)
-        for cid, lease in self.ipam.leases().items():
-            if cid == container_id:
-                continue
-            _refuse_conflicts(ports, lease)
-        for i, port in enumerate(ports):
-            _refuse_bound(f"network.ports[{i}].host_port", port)
-        return tuple(ports)
+        others = [lease for cid, lease in self.ipam.leases().items() if cid != container_id]
+        return validation.published_ports(spec, allow_privileged, others)
 
     # -- attach / detach ----------------------------------------------------------------
 
@@ -297,68 +274,6 @@ def _quietly(undo: Callable[..., object], *args: object) -> None:
         undo(*args)
     except Exception:
         logger.exception("undo step %s%r failed", getattr(undo, "__name__", undo), args)
-
-
-def _parse_subnet(text: str) -> ipaddress.IPv4Network:
-    try:
-        net = ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        raise NetworkError("subnet", str(exc)) from None
-    if not isinstance(net, ipaddress.IPv4Network):
-        raise NetworkError("subnet", "only IPv4 subnets are supported")
-    if net.prefixlen > 29:
-        raise NetworkError("subnet", "must be /29 or larger (gateway + containers)")
-    return net
-
-
-def _check_port(field: str, mapping: Any, allow_privileged: bool) -> PublishedPort:
-    protocol = getattr(mapping, "protocol", None)
-    if protocol not in _PROTOCOLS:
-        raise NetworkError(f"{field}.protocol", f"{protocol!r} is not one of tcp, udp")
-    for attr in ("container_port", "host_port"):
-        value = getattr(mapping, attr, None)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
-            raise NetworkError(f"{field}.{attr}", f"{value!r} is not between 1 and 65535")
-    if mapping.host_port < 1024 and not allow_privileged:
-        raise NetworkError(
-            f"{field}.host_port", f"{mapping.host_port} is privileged (<1024) and not permitted"
-        )
-    try:
-        host_ip = ipaddress.IPv4Address(mapping.host_ip)
-    except ValueError:
-        raise NetworkError(
-            f"{field}.host_ip", f"{mapping.host_ip!r} is not an IPv4 address"
-        ) from None
-    return PublishedPort(str(host_ip), mapping.host_port, mapping.container_port, protocol)
-
-
-def _refuse_conflicts(ports: tuple[PublishedPort, ...] | list[PublishedPort], lease: Lease) -> None:
-    for i, port in enumerate(ports):
-        for theirs in lease.ports:
-            if port.overlaps(theirs):
-                raise NetworkError(
-                    f"network.ports[{i}].host_port",
-                    f"{port.host_ip}:{port.host_port}/{port.protocol} is already published by "
-                    f"container {lease.container_id}",
-                )
-
-
-def _refuse_bound(field: str, port: PublishedPort) -> None:
-    """A host process already listening there would be shadowed by our DNAT: refuse."""
-    kind = socket.SOCK_STREAM if port.protocol == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((port.host_ip, port.host_port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise NetworkError(
-                    field, f"{port.host_ip}:{port.host_port}/{port.protocol} is in use on the host"
-                ) from None
-            if exc.errno != errno.EADDRNOTAVAIL:
-                raise NetworkError(field, f"cannot check {port.host_ip}: {exc}") from None
-            ip_field = field.removesuffix("host_port") + "host_ip"
-            raise NetworkError(ip_field, f"{port.host_ip} is not an address of this host") from None
 
 
 def _all_nameservers(resolv_conf: Path) -> list[str]:
