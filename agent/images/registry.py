@@ -158,14 +158,14 @@ class RegistryClient:
         self, method: str, url: str, headers: dict[str, str]
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Send with auth, answering one auth challenge and following redirects."""
-        origin = urlsplit(self.base_url).netloc
+        origin = _origin(self.base_url)
         challenged = False
         for _hop in range(MAX_REDIRECTS + 1):
             send = dict(headers)
-            if urlsplit(url).netloc == origin:
+            if _origin(url) == origin:  # credentials never leave the registry's origin
                 send.update(self._auth_header())
             conn, resp = self._send(method, url, send)
-            if resp.status == 401 and not challenged and urlsplit(url).netloc == origin:
+            if resp.status == 401 and not challenged and _origin(url) == origin:
                 challenge = resp.getheader("WWW-Authenticate", "")
                 resp.read()
                 challenged = True
@@ -180,6 +180,8 @@ class RegistryClient:
                 if not location:
                     raise ImageError(REGISTRY_ERROR, f"{method} {url}: redirect without Location")
                 url = urljoin(url, location)
+                if urlsplit(url).scheme not in ("http", "https"):
+                    raise ImageError(REGISTRY_ERROR, f"{method}: redirect to {url!r} refused")
                 continue
             return conn, resp
         raise ImageError(REGISTRY_ERROR, f"{method} {url}: more than {MAX_REDIRECTS} redirects")
@@ -263,3 +265,8 @@ class RegistryClient:
         if not isinstance(token, str) or not token:
             raise ImageError(UNAUTHORIZED, f"token {realm}: no token in response")
         return token
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc

@@ -31,6 +31,7 @@ from agent.images.errors import (
     INVALID_MANIFEST,
     LAYER_MISSING,
     NOT_FOUND,
+    TOO_LARGE,
     ImageError,
 )
 from agent.images.manifest import (
@@ -255,6 +256,12 @@ class ImageStore:
             if progress is not None:
                 progress(done, total)
 
+        for i, layer in enumerate(manifest.layers):
+            if layer.size > self.limits.max_bytes:  # refuse before filling the disk
+                raise ImageError(
+                    TOO_LARGE,
+                    f"manifest.layers[{i}].size: {layer.size} over {self.limits.max_bytes}",
+                )
         fetch(manifest.config, on_bytes)
         config = parse_config(self.blobs.read(manifest.config.digest))
         ids = diff_ids(config)

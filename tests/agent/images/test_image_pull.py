@@ -28,7 +28,7 @@ from imgtest_helpers import (
     write_htpasswd,
 )
 
-from agent.images import ImageError, ImageStore, RegistryAuth
+from agent.images import ImageError, ImageStore, RegistryAuth, UnpackLimits
 from agent.images.manifest import OCI_INDEX
 from agent.images.registry import default_registry_url
 
@@ -157,6 +157,18 @@ def test_corrupted_blob_is_refused_and_not_kept(registry: Registry, store: Image
     assert store.list() == []
     assert not store.blobs.has(image.config_digest)
     assert list(store.blobs.tmp_dir.iterdir()) == []
+
+
+def test_layer_over_the_size_limit_is_refused_before_download(
+    registry: Registry, tmp_path: Path
+) -> None:
+    image = _two_layer_image()
+    Pusher(registry, REPO).image(image, "1.0")
+    small = ImageStore(tmp_path / "small", limits=UnpackLimits(max_bytes=100_000))
+    with Proxy(registry.url) as proxy, pytest.raises(ImageError) as err:
+        small.pull(_ref(registry, ":1.0"), registry_url=proxy.url)
+    assert err.value.code == "too_large" and "manifest.layers[0].size" in err.value.detail
+    assert proxy.blob_gets() == {}
 
 
 def test_broken_transfer_resumes_with_range(registry: Registry, store: ImageStore) -> None:
