@@ -118,6 +118,13 @@ def test_two_processes_ingesting_one_blob_fetch_it_once(tmp_path: Path) -> None:
     procs = [
         subprocess.Popen([sys.executable, "-c", script], env=env_for_subprocess()) for _ in range(2)
     ]
-    assert [p.wait(60) for p in procs] == [0, 0]
+    try:
+        codes = [p.wait(60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert codes == [0, 0]
     assert log.read_text().count("fetch") == 1
     assert BlobStore(tmp_path / "store").read(sha(DATA)) == DATA

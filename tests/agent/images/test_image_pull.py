@@ -215,7 +215,13 @@ def test_two_processes_pulling_one_image_fetch_each_blob_once(
             )
             for _ in range(2)
         ]
-        outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+        try:
+            outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+        finally:
+            for p in procs:  # never leave a pulling process behind, even on failure
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
     assert [p.returncode for p in procs] == [0, 0]
     assert outs == [image.digest, image.digest]
     gets = proxy.blob_gets()
