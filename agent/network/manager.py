@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import re
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,7 @@ class NetworkManager:
         self.firewall = choose(firewall, table=nft_table, chain=iptables_chain)
         self.ipam = Ipam(self.state_dir, bridge, self.subnet)
         self._host_ready = False
+        self._host_lock = threading.Lock()
 
     # -- validation ---------------------------------------------------------------------
 
@@ -169,7 +171,9 @@ class NetworkManager:
         """Bridge with the gateway address, forwarding, NAT base rules (once per process)."""
         gateway = ipaddress.IPv4Interface(f"{self.gateway}/{self.subnet.prefixlen}")
         index = links.ensure_bridge(ipr, self.bridge, gateway)
-        if not self._host_ready:
+        with self._host_lock:  # concurrent first attaches must not add the base rules twice
+            if self._host_ready:
+                return index
             links.enable_forwarding()
             with (
                 links.step("route_localnet"),
@@ -178,7 +182,7 @@ class NetworkManager:
                 f.write("1")  # lets 127.0.0.1:<published> be DNATed onto the bridge
             self.firewall.setup(self.subnet, self.bridge, self.nat)
             self._host_ready = True
-        return index
+            return index
 
     def _files(
         self,

@@ -300,6 +300,10 @@ def test_concurrent_attaches_get_distinct_addresses(lab: Lab, tmp_path: Path) ->
         attachments = list(pool.map(lambda ns: nm.attach(cid(), "web", ns, NetworkSpec()), spaces))
     assert len({a.ip_address for a in attachments}) == 6
     assert len(links_named("crl")) == 6 and len(nm.ipam.leases()) == 6
+    nat = [
+        r for r in nft_rules(f"crltest{lab.tag}") if r.get("comment") == f"corral-nat:{lab.bridge}"
+    ]
+    assert len(nat) == 3  # loopback, outbound, hairpin masquerade: once each
 
 
 def test_facts_report_bridge_subnet_and_leases(lab: Lab, tmp_path: Path) -> None:
