@@ -221,7 +221,12 @@ class ImageStore:
         return GcResult(tuple(removed_images), tuple(removed_layers), removed_blobs, freed)
 
     def disk_usage(self) -> dict[str, Any]:
-        """Sizes for the host inventory: blobs, unpacked layers, image count, free space."""
+        """Sizes for the host inventory: blobs, unpacked layers, image count, free space.
+        Holds the store lock shared so a concurrent ``gc`` cannot delete under the count."""
+        with file_lock(self._store_lock, shared=True):
+            return self._disk_usage()
+
+    def _disk_usage(self) -> dict[str, Any]:
         blob_bytes = sum(p.stat().st_size for p in self.blobs.blob_dir.iterdir())
         layers = [p for p in self.layer_dir.iterdir() if not p.name.startswith(".tmp-")]
         vfs = os.statvfs(self.root)
