@@ -130,3 +130,17 @@ def test_archive_without_manifest_or_index_is_refused(tmp_path: Path, store: Ima
     with pytest.raises(ImageError) as err:
         store.import_archive(tmp_path / "empty")
     assert err.value.code == "invalid_archive"
+
+
+def test_untagged_and_multi_tagged_images(tmp_path: Path, store: ImageStore) -> None:
+    image = _image()
+    write_docker_save(tmp_path / "none.tar", image, [], new_format=False)
+    (untagged,) = store.import_archive(tmp_path / "none.tar")
+    assert untagged.reference == "" and store.get(untagged.digest) is not None
+    write_docker_save(tmp_path / "two.tar", image, ["x:1", "y:2"], new_format=False)
+    (tagged,) = store.import_archive(tmp_path / "two.tar")
+    assert tagged.digest == untagged.digest
+    assert set(tagged.references) == {"docker.io/library/x:1", "docker.io/library/y:2"}
+    x, y = store.get("x:1"), store.get("y:2")
+    assert x is not None and y is not None and x.digest == y.digest
+    assert (x.reference, y.reference) == ("docker.io/library/x:1", "docker.io/library/y:2")

@@ -269,3 +269,10 @@ def test_truncated_gzip_is_an_invalid_layer(area: Path) -> None:
     raw = tar_bytes([Entry("a", data=os.urandom(200_000))])
     blob = gzip.compress(raw)
     _refused(area, blob[: len(blob) - 5000], "invalid_layer")
+
+
+def test_setid_file_keeps_its_bits_but_loses_world_write(area: Path) -> None:
+    raw = tar_bytes([Entry("su", data=b"x", mode=0o4777), Entry("sg", data=b"y", mode=0o2757)])
+    layer = _unpack(area, raw)
+    assert stat.S_IMODE((layer / "su").stat().st_mode) == 0o4775
+    assert stat.S_IMODE((layer / "sg").stat().st_mode) == 0o2755
