@@ -18,11 +18,9 @@ came for ``idle_stop_seconds`` *and* no accepted TCP connection on those ports i
 established (counted with sock_diag, best effort). Then the sockets are re-armed; connections
 that arrive meanwhile wait in the queue and start the container again.
 
-Where systemd runs, the same mapping is a ``corral-<id>.socket`` unit (one ``ListenStream=``
-/ ``ListenDatagram=`` per SocketSpec, ``FileDescriptorName=`` = name) plus a
-``corral-<id>.service`` running the runtime, with ``Sockets=``; systemd then fills in the same
-three variables. Idle stop maps to the service exiting on its own (systemd has no idle stop
-for services), so this module stays the one implementation here (no systemd on these hosts).
+Where systemd runs, the same thing is a ``.socket`` unit per SocketSpec plus a ``.service``
+with ``Sockets=``; systemd then sets the same three variables. :mod:`agent.network.systemd_units`
+renders those units and documents the mapping (idle stop becomes the server exiting by itself).
 """
 
 from __future__ import annotations
