@@ -114,6 +114,7 @@ class EntryTree:
                 except FileNotFoundError:
                     os.mkdir(comp, 0o755, dir_fd=fd)
                     nfd = os.open(comp, DIR_FLAGS, dir_fd=fd)
+                    os.fchmod(nfd, 0o755)  # an implied parent: 0755 whatever the umask
                 except OSError as exc:
                     if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                         raise

@@ -156,7 +156,7 @@ def unpack_layer(
     at ``dest`` nor beside it."""
     limits = limits or UnpackLimits()
     tmp = dest.parent / f".tmp-{dest.name}-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir(mode=0o755, parents=False)
+    tmp.mkdir(mode=0o700, parents=False)
     try:
         with open(blob, "rb") as raw:
             result = _unpack_stream(raw, tmp, limits)
@@ -167,6 +167,7 @@ def unpack_layer(
             )
         # No fsync of every file: a crash before the rename leaves only a .tmp- dir that the
         # store sweeps; files are flushed by the kernel like any unpacked tree.
+        tmp.chmod(0o755)  # the layer root: traversable by container users, umask aside
         tmp.rename(dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # fd-based on Linux: never follows symlinks

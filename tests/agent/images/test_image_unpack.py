@@ -276,3 +276,13 @@ def test_setid_file_keeps_its_bits_but_loses_world_write(area: Path) -> None:
     layer = _unpack(area, raw)
     assert stat.S_IMODE((layer / "su").stat().st_mode) == 0o4775
     assert stat.S_IMODE((layer / "sg").stat().st_mode) == 0o2755
+
+
+def test_implied_directories_are_0755_whatever_the_umask(area: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        layer = _unpack(area, tar_bytes([Entry("a/b/c", data=b"c")]))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(layer.stat().st_mode) == 0o755
+    assert stat.S_IMODE((layer / "a" / "b").stat().st_mode) == 0o755
