@@ -246,11 +246,19 @@ class Activator:
             ep.register(self._wake_r, select.EPOLLIN)
             for fd in self.fds:
                 ep.register(fd, select.EPOLLIN)  # level-triggered while armed
-            while not self._closing:
-                if self.pid is None:
-                    self._wait_first(ep)
-                else:
-                    self._watch_running(ep)
+            try:
+                while not self._closing:
+                    if self.pid is None:
+                        self._wait_first(ep)
+                    else:
+                        self._watch_running(ep)
+            finally:
+                self._close_pidfd()
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
 
     def _wait_first(self, ep: select.epoll) -> None:
         events = ep.poll()
@@ -267,7 +275,14 @@ class Activator:
         logger.info("socket activation started pid %d (%s)", pid, ",".join(self.names))
         for fd in self.fds:  # from now on: one event per arrival, whoever accepts it
             ep.modify(fd, select.EPOLLIN | select.EPOLLET)
-        self._pidfd = os.pidfd_open(pid)
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except OSError:  # gone before we could watch it: back off, then wait again
+            logger.warning("socket-activated pid %d exited at once; re-arming", pid)
+            self.pid = None
+            self._rearm(ep)
+            self._closed.wait(_RETRY_AFTER_FAILED_START)
+            return
         ep.register(self._pidfd, select.EPOLLIN)
 
     def _watch_running(self, ep: select.epoll) -> None:
@@ -293,10 +308,13 @@ class Activator:
             elif not events:
                 last = time.monotonic()  # busy with long connections: check again later
         ep.unregister(self._pidfd)
-        os.close(self._pidfd)
+        self._close_pidfd()
         if not self._closing:
-            for fd in self.fds:
-                ep.modify(fd, select.EPOLLIN)  # re-armed: level-triggered again
+            self._rearm(ep)
+
+    def _rearm(self, ep: select.epoll) -> None:
+        for fd in self.fds:
+            ep.modify(fd, select.EPOLLIN)  # level-triggered again: next arrival starts it
 
     def _do_stop(self, why: str) -> None:
         logger.info("socket activation stopping pid %s (%s)", self.pid, why)

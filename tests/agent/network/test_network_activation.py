@@ -240,6 +240,32 @@ def test_a_process_that_exits_by_itself_is_started_again(activators) -> None:
     assert act.starts == 2 and len(launcher.pids) == 2
 
 
+def test_a_start_whose_process_is_already_gone_is_retried() -> None:
+    port = free_port()
+    launcher = Launcher(["web"])
+    dead: list[int] = []
+
+    def start(fds: list[int]) -> int:
+        if not dead:  # first time: a process that is gone (and reaped) before we watch it
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+            dead.append(pid)
+            return pid
+        return launcher.start(fds)
+
+    act = Activator([SocketSpec(name="web", port=port)], start, launcher.stop, None)
+    try:
+        act.arm()
+        reply = ask(("127.0.0.1", port))
+        assert reply.startswith(f"pid={launcher.pids[0]} ")
+        assert len(dead) == 1 and act.starts == 2
+    finally:
+        act.close()
+        launcher.stop()
+
+
 def test_bad_socket_input_names_the_field_and_binds_nothing(activators) -> None:
     def noop_start(fds: list[int]) -> int:
         return 0

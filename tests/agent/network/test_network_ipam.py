@@ -93,3 +93,12 @@ def test_concurrent_processes_never_get_the_same_address(tmp_path: Path) -> None
         p.join()
     assert len(got) == 80 and len(set(got)) == 80
     assert len(Ipam(tmp_path, "crltest0", ipaddress.IPv4Network("10.97.0.0/24")).leases()) == 80
+
+
+def test_an_unreadable_state_file_is_an_error_naming_the_step(tmp_path: Path) -> None:
+    pool = ipam(tmp_path)
+    pool.allocate("a", "a", "v", ())
+    pool.path.write_text('{"leases": {"a": ')  # what a torn write would look like
+    with pytest.raises(NetworkError) as err:
+        pool.allocate("b", "b", "v", ())
+    assert err.value.field == "step.ipam" and str(pool.path) in err.value.message
