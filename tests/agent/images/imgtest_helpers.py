@@ -315,56 +315,76 @@ def run_registry(
     tls: tuple[Path, Path] | None = None,
     token_auth: dict[str, str] | None = None,
 ) -> Iterator[Registry]:
-    """Debian's docker-registry on 127.0.0.1:<free port>, storage in ``tmp``; killed after."""
-    port = free_port()
-    lines = [
-        "version: 0.1",
-        "log:",
-        "  level: error",
-        "  accesslog:",
-        "    disabled: true",
-        "storage:",
-        "  filesystem:",
-        f"    rootdirectory: {tmp / 'data'}",
-        "  delete:",
-        "    enabled: true",
-        "http:",
-        f"  addr: 127.0.0.1:{port}",
-    ]
-    if tls:
-        lines += ["  tls:", f"    certificate: {tls[0]}", f"    key: {tls[1]}"]
-    if htpasswd:
-        lines += ["auth:", "  htpasswd:", "    realm: corral-test", f"    path: {htpasswd}"]
-    if token_auth:
-        lines += ["auth:", "  token:"] + [f"    {k}: {v}" for k, v in token_auth.items()]
-    cfg = tmp / "registry.yml"
-    cfg.write_text("\n".join(lines) + "\n")
-    log = open(tmp / "registry.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(REGISTRY_BIN), "serve", str(cfg)], stdout=log, stderr=subprocess.STDOUT
-    )
+    """Debian's docker-registry on 127.0.0.1:<free port>, storage in ``tmp``; stopped after.
+    A port taken between choosing and binding it makes the registry exit: try another."""
     scheme = "https" if tls else "http"
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"docker-registry exited: {(tmp / 'registry.log').read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("docker-registry did not listen in 15 s") from None
-                time.sleep(0.05)
-        yield Registry(f"{scheme}://127.0.0.1:{port}", port, proc)
-    finally:
-        proc.terminate()
+    for _attempt in range(3):
+        port = free_port()
+        lines = [
+            "version: 0.1",
+            "log:",
+            "  level: error",
+            "  accesslog:",
+            "    disabled: true",
+            "storage:",
+            "  filesystem:",
+            f"    rootdirectory: {tmp / 'data'}",
+            "  delete:",
+            "    enabled: true",
+            "http:",
+            f"  addr: 127.0.0.1:{port}",
+        ]
+        if tls:
+            lines += ["  tls:", f"    certificate: {tls[0]}", f"    key: {tls[1]}"]
+        if htpasswd:
+            lines += ["auth:", "  htpasswd:", "    realm: corral-test", f"    path: {htpasswd}"]
+        if token_auth:
+            lines += ["auth:", "  token:"] + [f"    {k}: {v}" for k, v in token_auth.items()]
+        cfg = tmp / "registry.yml"
+        cfg.write_text("\n".join(lines) + "\n")
+        with open(tmp / "registry.log", "wb") as log:
+            proc = subprocess.Popen(
+                [str(REGISTRY_BIN), "serve", str(cfg)], stdout=log, stderr=subprocess.STDOUT
+            )
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            if not _wait_until_serving(proc, port, tls is not None):
+                continue  # exited at once: the port was taken
+            yield Registry(f"{scheme}://127.0.0.1:{port}", port, proc)
+            return
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    raise RuntimeError(f"docker-registry did not start: {(tmp / 'registry.log').read_text()}")
+
+
+def _wait_until_serving(proc: subprocess.Popen[bytes], port: int, tls: bool) -> bool:
+    """True once our process answers ``/v2/`` as a registry; False if it exited."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if tls:
+                ctx = ssl._create_unverified_context()  # noqa: S323 - loopback readiness probe
+                conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                    "127.0.0.1", port, timeout=1, context=ctx
+                )
+            else:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/v2/")
+            resp = conn.getresponse()
+            resp.read()
+            conn.close()
+            if resp.getheader("Docker-Distribution-Api-Version") and proc.poll() is None:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("docker-registry did not answer /v2/ within 15 s")
 
 
 def write_htpasswd(path: Path, user: str, password: str) -> None:
