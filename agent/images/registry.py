@@ -120,7 +120,12 @@ class RegistryClient:
         if resp.status not in (200, 206):
             resp.read()
             raise ImageError(REGISTRY_ERROR, f"blob {digest}: HTTP {resp.status}")
-        start = offset if resp.status == 206 else 0
+        start = 0
+        if resp.status == 206:
+            start = _range_start(resp.getheader("Content-Range", ""))
+            if start != offset:  # not the part we asked for: take the whole blob instead
+                resp.read()
+                return self.open_blob(digest, 0)
         return start, self._iter_body(conn, resp, digest)
 
     # --- HTTP ------------------------------------------------------------------------------
@@ -270,3 +275,9 @@ class RegistryClient:
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme, parts.netloc
+
+
+def _range_start(content_range: str) -> int:
+    """First byte of ``Content-Range: bytes <first>-<last>/<size>``; -1 if unreadable."""
+    match = re.match(r"^bytes (\d+)-\d+/(?:\d+|\*)$", content_range.strip())
+    return int(match.group(1)) if match else -1

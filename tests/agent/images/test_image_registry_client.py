@@ -122,3 +122,17 @@ def test_registry_url_must_be_http_or_https() -> None:
     with pytest.raises(ImageError) as err:
         RegistryClient("ftp://example.com", "a")
     assert err.value.code == "registry_error" and "registry_url" in err.value.detail
+
+
+def test_a_206_for_the_wrong_range_falls_back_to_the_whole_blob() -> None:
+    def handle(h: http.server.BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
+        if h.headers.get("Range"):
+            return 206, {"Content-Range": f"bytes 0-{len(BLOB) - 1}/{len(BLOB)}"}, BLOB
+        return 200, {}, BLOB
+
+    with serve(handle) as (url, seen):
+        client = RegistryClient(url, "team/app")
+        start, chunks = client.open_blob(DIGEST, offset=4)
+        assert start == 0 and b"".join(chunks) == BLOB
+        client.close()
+    assert [s.get("range") for s in seen] == ["bytes=4-", None]
