@@ -144,3 +144,12 @@ def test_untagged_and_multi_tagged_images(tmp_path: Path, store: ImageStore) -> 
     x, y = store.get("x:1"), store.get("y:2")
     assert x is not None and y is not None and x.digest == y.digest
     assert (x.reference, y.reference) == ("docker.io/library/x:1", "docker.io/library/y:2")
+
+
+def test_importing_the_same_archive_twice_is_idempotent(tmp_path: Path, store: ImageStore) -> None:
+    image = _image()
+    write_docker_save(tmp_path / "a.tar", image, ["a:1"], new_format=True)
+    (first,) = store.import_archive(tmp_path / "a.tar")
+    (second,) = store.import_archive(tmp_path / "a.tar")
+    assert first == second and len(store.list()) == 1
+    assert len(list((store.root / "layers").iterdir())) == 2

@@ -303,3 +303,15 @@ def test_images_sharing_a_base_share_its_layer_and_gc_frees_the_rest(
     assert list((store.root / "layers").iterdir()) == []
     assert store.blobs.digests() == []
     assert json.loads((store.root / "refs.json").read_text()) == {}
+
+
+def test_second_pull_fetches_only_the_manifest(registry: Registry, store: ImageStore) -> None:
+    image = _two_layer_image()
+    Pusher(registry, REPO).image(image, "1.0")
+    with Proxy(registry.url) as proxy:
+        store.pull(_ref(registry, ":1.0"), registry_url=proxy.url)
+        first = sum(proxy.blob_gets().values())
+        again = store.pull(_ref(registry, ":1.0"), registry_url=proxy.url)
+        assert sum(proxy.blob_gets().values()) == first == len(image.blobs)
+    assert again.digest == image.digest
+    assert proxy.counts[("GET", f"/v2/{REPO}/manifests/1.0")] == 2
