@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kombu import pools
 
 from tests.support import netns
 from tests.support.procs import PYTHON, REPO, Proc, free_port, wait_for, wait_port
@@ -200,10 +201,9 @@ def point_celery_at(url: str) -> None:
     else:
         os.environ.pop("CELERY_BROKER_URL", None)
     app.conf.broker_url = url or None
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
+    app._pool = None
     app.amqp._producer_pool = None
+    pools.reset()  # kombu's process-wide connection and producer pools
 
 
 @pytest.fixture
