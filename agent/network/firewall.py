@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import re
 import shlex
 import shutil
 import subprocess
@@ -244,6 +245,11 @@ class IptablesFirewall:
 
 def choose(kind: str, *, table: str = "corral", chain: str = "CORRAL") -> Firewall:
     """``auto`` picks nftables when ``nft`` is installed, else iptables."""
+    # Both names end up in nft scripts / iptables argv: keep them to plain identifiers.
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,31}", table):
+        raise NetworkError("nft_table", "letters, digits and '_', up to 32")
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,27}", chain):
+        raise NetworkError("iptables_chain", "letters, digits, '_' and '-', up to 28")
     if kind == "auto":
         kind = "nftables" if shutil.which("nft") else "iptables"
     if kind == "nftables":

@@ -80,6 +80,8 @@ def test_an_address_not_on_this_host_is_refused(nm: NetworkManager) -> None:
         ({"subnet": "10.1.2.0/30"}, "subnet"),
         ({"bridge": "a-name-far-too-long"}, "bridge"),
         ({"firewall": "pf"}, "firewall"),
+        ({"nft_table": "corral; flush ruleset"}, "nft_table"),
+        ({"iptables_chain": "A B"}, "iptables_chain"),
     ],
 )
 def test_bad_manager_settings_name_the_field(
