@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -21,6 +22,13 @@ def pid1_is_systemd(proc: str = "/proc") -> bool:
             return fh.read().strip() == "systemd"
     except OSError:
         return False
+
+
+@functools.cache
+def host_is_systemd() -> bool:
+    """PID 1 is systemd and answers on the system bus; probed once per process (the D-Bus
+    round trip costs milliseconds and the answer does not change while we run)."""
+    return pid1_is_systemd() and systemd_bus_answers()
 
 
 def systemd_bus_answers() -> bool:
@@ -46,7 +54,7 @@ def detect_driver(
         if forced not in DRIVERS:
             raise CgroupError("detect", ENV_VAR, f"{forced!r} is not one of {', '.join(DRIVERS)}")
         return forced
-    check = is_systemd or (lambda: pid1_is_systemd() and systemd_bus_answers())
+    check = is_systemd or host_is_systemd
     if check():
         return "systemd"
     if statfs_type(root) == CGROUP2_SUPER_MAGIC:
