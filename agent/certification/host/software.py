@@ -7,7 +7,7 @@ from typing import Any
 
 from agent.certification.data import load_data
 from agent.certification.registry import finding, host_check, missing, section
-from agent.certification.versions import dpkg_compare, upstream_key, upstream_lt
+from agent.certification.versions import dpkg_compare, upstream_key
 from agent.protocol.messages import Finding
 
 
@@ -35,8 +35,9 @@ def _runtime_vulnerable(
     version = rt.get("version")
     if not version:
         raise ValueError(f"runtimes.{entry['runtime']}.version: unknown")
-    if not upstream_lt(version, entry["fixed_in"]):
-        return False, f"{version} >= {entry['fixed_in']}"
+    fixed_by = upstream_fix(version, entry)
+    if fixed_by:
+        return False, f"{version} >= {fixed_by}"
     pkg = rt.get("package") or {}
     for fix in entry.get("distro_fixes", []):
         same_pkg = pkg.get("manager") == fix["manager"] and pkg.get("name") == fix["package"]
@@ -47,7 +48,24 @@ def _runtime_vulnerable(
             and dpkg_compare(pkg["version"], fix["fixed_version"]) >= 0
         ):
             return False, f"{os_id} package {pkg['version']} carries the fix"
-    return True, f"{version} < {entry['fixed_in']}"
+    return True, f"{version} is before the fix"
+
+
+def upstream_fix(version: str, entry: dict[str, Any]) -> str | None:
+    """The upstream release whose fix ``version`` already has, or None when it is affected.
+
+    ``fixed_in`` is one release for every line. ``fixed_in_lines`` lists a fix per release
+    line (1.2.8, 1.3.3, ...): a version takes the fix of its own major.minor line; a line
+    newer than every listed fix is fixed, an older line without a fix is affected.
+    """
+    key = upstream_key(version)
+    if "fixed_in" in entry:
+        return entry["fixed_in"] if key >= upstream_key(entry["fixed_in"]) else None
+    fixes = sorted(entry["fixed_in_lines"], key=upstream_key)
+    for fix in fixes:
+        if upstream_key(fix)[0][:2] == key[0][:2]:
+            return fix if key >= upstream_key(fix) else None
+    return fixes[-1] if key > upstream_key(fixes[-1]) else None
 
 
 @host_check("cert.runtime.E001", "installed OCI runtimes have no known container-escape CVE")

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from agent.certification import HOST_CHECKS, run_host_checks
+from agent.certification.host.software import upstream_fix
 from agent.certification.registry import ID_RE, host_check
 from agent.inventory import collect_inventory, virt
 from agent.protocol.certification import SELINUX_IDS, evaluate
@@ -18,6 +19,8 @@ from agent.protocol.messages import Finding
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "inventory"
 GUEST = "rhel9-kvm-guest-selinux-enforcing.json"
+RUNC_2025 = ("CVE-2025-31133", "CVE-2025-52565", "CVE-2025-52881")
+RUNC_2025_ENTRY = {"fixed_in_lines": ["1.2.8", "1.3.3", "1.4.0"]}
 METAL = "ubuntu2204-bare-metal.json"
 
 
@@ -69,7 +72,7 @@ def test_bare_metal_host_fails_selinux_and_the_vulnerable_runc() -> None:
     failing = sorted(i for i, f in findings.items() if f.verdict == "fail")
     assert failing == ["cert.runtime.E001", *SELINUX_IDS]
     cves = {a["cve"] for a in findings["cert.runtime.E001"].evidence["affected"]}
-    assert cves == {"CVE-2024-21626"}
+    assert cves == {"CVE-2024-21626", *RUNC_2025}
     verdict, failed = evaluate(findings.values(), "development")
     assert (verdict, failed) == ("not_certified", ["cert.runtime.E001"])
 
@@ -204,25 +207,54 @@ def test_runtime_check_is_unknown_when_a_version_is_unreadable() -> None:
     assert by_id(run_host_checks(inv))["cert.runtime.E001"].verdict == "unknown"
 
 
+def affected_cves(inv: dict[str, Any]) -> set[str]:
+    finding = by_id(run_host_checks(inv))["cert.runtime.E001"]
+    return {a["cve"] for a in finding.evidence.get("affected", [])}
+
+
 def test_debian_backport_counts_only_for_the_debian_package_at_the_fixed_revision() -> None:
     inv = load(METAL)
     rt = inv["runtimes"]["runtimes"]["runc"]
     rt.update(version="1.1.5+ds1")
     rt["package"] = {"manager": "dpkg", "name": "runc", "version": "1.1.5+ds1-1+deb12u1"}
     inv["os"]["id"] = "debian"
-    assert by_id(run_host_checks(inv))["cert.runtime.E001"].verdict == "pass"
+    assert affected_cves(inv) == set(RUNC_2025)  # 2024-21626 backported, 2025 ones not
     rt["package"]["version"] = "1.1.5+ds1-1"
-    assert by_id(run_host_checks(inv))["cert.runtime.E001"].verdict == "fail"
+    assert affected_cves(inv) == {"CVE-2024-21626", *RUNC_2025}
     rt["package"]["version"] = "1.1.5+ds1-1+deb12u1"
     inv["os"]["id"] = "ubuntu"
-    assert by_id(run_host_checks(inv))["cert.runtime.E001"].verdict == "fail"
+    assert "CVE-2024-21626" in affected_cves(inv)
+
+
+@pytest.mark.parametrize(
+    ("version", "affected"),
+    [
+        ("1.1.15", True),
+        ("1.2.7", True),
+        ("1.2.8", False),
+        ("1.3.2", True),
+        ("1.3.3", False),
+        ("1.4.0-rc.2", True),
+        ("1.4.0", False),
+        ("1.6.0", False),
+    ],
+)
+def test_fixes_released_on_several_lines_apply_per_line(version: str, affected: bool) -> None:
+    inv = load(GUEST)
+    inv["runtimes"]["runtimes"]["runc"]["version"] = version
+    hit = set(RUNC_2025) & affected_cves(inv)
+    assert hit == (set(RUNC_2025) if affected else set())
 
 
 def test_runc_before_1_0_rc7_is_flagged_for_cve_2019_5736() -> None:
     inv = load(METAL)
     inv["runtimes"]["runtimes"]["runc"]["version"] = "1.0.0-rc6"
     finding = by_id(run_host_checks(inv))["cert.runtime.E001"]
-    assert {a["cve"] for a in finding.evidence["affected"]} == {"CVE-2019-5736", "CVE-2024-21626"}
+    assert {a["cve"] for a in finding.evidence["affected"]} == {
+        "CVE-2019-5736",
+        "CVE-2024-21626",
+        *RUNC_2025,
+    }
     assert all(a["source"].startswith("https://") for a in finding.evidence["affected"])
 
 
@@ -253,11 +285,20 @@ def test_findings_survive_the_wire_format() -> None:
 
 
 @pytest.mark.privileged
-def test_this_machine_fails_only_selinux_under_the_strict_profile() -> None:
-    """This CI host runs with SELinux off: exactly the SELinux ids fail; development passes."""
+def test_this_machine_fails_selinux_and_only_runtime_cves_that_really_apply() -> None:
+    """This CI host runs with SELinux off, so exactly the SELinux ids fail under the strict
+    profile, plus cert.runtime.E001 when the installed runc predates the Nov 2025 fixes
+    (Debian 12's runc 1.1.5+ds1-1+deb12u1 does: a real finding, not a test artefact).
+    The development profile then fails on that runtime finding alone, or certifies."""
     inv = collect_inventory()
     findings = run_host_checks(inv)
-    verdict, failed = evaluate(findings, "certified-container-host")
     assert inv["selinux"]["enabled"] is False
-    assert (verdict, failed) == ("not_certified", list(SELINUX_IDS))
-    assert evaluate(findings, "development") == ("certified", [])
+    runc = inv["runtimes"]["runtimes"].get("runc")
+    old_runc = bool(runc) and upstream_fix(runc["version"], RUNC_2025_ENTRY) is None
+    runtime_fails = ["cert.runtime.E001"] if old_runc else []
+    strict = evaluate(findings, "certified-container-host")
+    assert strict == ("not_certified", sorted([*SELINUX_IDS, *runtime_fails]))
+    dev = evaluate(findings, "development")
+    assert dev == (("not_certified", runtime_fails) if runtime_fails else ("certified", []))
+    if old_runc:
+        assert affected_cves(inv) >= set(RUNC_2025)
