@@ -212,6 +212,7 @@ install_payload_hooks() {
   install -D -m 0755 "$HERE/image/corral-guest-run" "$R/usr/local/sbin/corral-guest-run"
   install -D -m 0644 "$HERE/image/corral-guest.service" \
       "$R/etc/systemd/system/corral-guest.service"
+  install -D -m 0644 "$HERE/image/corral-guest.target" "$R/etc/systemd/system/corral-guest.target"
   mkdir -p "$R/etc/systemd/system/multi-user.target.wants"
   ln -sf /etc/systemd/system/corral-guest.service \
       "$R/etc/systemd/system/multi-user.target.wants/corral-guest.service"

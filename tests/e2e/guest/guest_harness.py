@@ -245,7 +245,7 @@ def qemu_argv(
         raise GuestError("step qemu: socat is not installed (the guest forwards use it)")
     append = (
         "console=ttyS0 security=selinux selinux=1 enforcing=1 panic=-1 loglevel=4 "
-        f"systemd.unit=multi-user.target corral.redis={GUEST_REDIS} corral.http={GUEST_HTTP} "
+        f"systemd.unit=corral-guest.target corral.redis={GUEST_REDIS} corral.http={GUEST_HTTP} "
         f"corral.token={token}" + (f" corral.only={','.join(only)}" if only else "")
     )
     rhost, rgport = GUEST_REDIS.split(":")

@@ -31,6 +31,7 @@ EXPECTED = [
     "cgroup_v2_driver",
     "cgroup_systemd_driver",
     "certification",
+    "runtime_containers_mcs",
     "agent_restart_keeps_containers",
 ]
 
@@ -86,6 +87,18 @@ def test_guest_wrote_to_host_redis_through_the_forward(guest_run: GuestRun | Gue
     assert ":container_engine_t:" in run.host_saw_guest_key
 
 
+# Scenarios that fail today for a reason owned elsewhere: (text the FAIL detail must contain,
+# why). Only that exact failure becomes an xfail; any other failure still fails the test, and
+# the scenario passes as soon as the gap is closed.
+KNOWN_GAPS = {
+    "runtime_containers_mcs": (
+        "the runtime did not apply process.selinuxLabel",
+        "agent.runtime does not write process.selinuxLabel to attr/exec yet (containers run "
+        "as spc_t, the policy's default for an engine executing container files)",
+    ),
+}
+
+
 @pytest.mark.parametrize("name", EXPECTED)
 def test_scenario(guest_run: GuestRun | GuestError, name: str) -> None:
     run = _run_or_fail(guest_run)
@@ -96,4 +109,7 @@ def test_scenario(guest_run: GuestRun | GuestError, name: str) -> None:
     print(f"SCENARIO {name} {scenario.status} {scenario.detail}")
     if scenario.status == "SKIP":
         pytest.skip(f"{name}: {scenario.detail}")
+    gap = KNOWN_GAPS.get(name)
+    if scenario.status == "FAIL" and gap is not None and gap[0] in scenario.detail:
+        pytest.xfail(f"known gap: {gap[1]}")
     assert scenario.status == "PASS", f"{name}: {scenario.detail}"

@@ -1,11 +1,10 @@
-"""Scenarios over whole agent parts: inventory, host certification, and an agent restart
-that must leave running containers alone."""
+"""Scenarios over whole agent parts: inventory and host certification."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from scenario.common import Context, Skip, import_or_skip
+from scenario.common import Context, import_or_skip
 
 
 def _pick(section: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -72,9 +71,3 @@ def certification(ctx: Context) -> str:
     assert not failed, f"checks that must pass here did not: {failed}"
     counts = {v: list(verdicts.values()).count(v) for v in sorted(set(verdicts.values()))}
     return f"{len(findings)} findings {counts}; {', '.join(MUST_PASS)} pass"
-
-
-def agent_restart(ctx: Context) -> str:
-    """Containers keep running when the agent process restarts (the shim owns them)."""
-    import_or_skip("agent.runtime.shim")
-    raise Skip("agent.runtime.shim exists; the restart scenario is written once its API settles")

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from types import FrameType
 
-from scenario import agent_parts, cgroups, platform, selinux_mcs
+from scenario import agent_parts, cgroups, platform, runtime_mcs, selinux_mcs
 from scenario.common import Channel, Context, Skip
 
 Scenario = Callable[[Context], str]
@@ -31,7 +31,8 @@ SCENARIOS: list[tuple[str, Scenario, int]] = [
     ("cgroup_v2_driver", cgroups.v2_driver, 180),
     ("cgroup_systemd_driver", cgroups.systemd_driver, 180),
     ("certification", agent_parts.certification, 120),
-    ("agent_restart_keeps_containers", agent_parts.agent_restart, 180),
+    ("runtime_containers_mcs", runtime_mcs.containers_with_mcs, 180),
+    ("agent_restart_keeps_containers", runtime_mcs.agent_restart, 180),
 ]
 
 
