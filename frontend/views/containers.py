@@ -65,6 +65,21 @@ FORM_FIELDS = {
     "placement",
     "labels",
 }
+# Large JSON columns the list never shows; not fetching them keeps the page query small.
+LIST_DEFERRED = (
+    "command",
+    "args",
+    "env",
+    "ports",
+    "placement",
+    "host__inventory",
+    "host__findings",
+    "host__labels",
+    "image__config",
+    "image__layers",
+    "image__labels",
+    "image__findings",
+)
 NAME_CONSTRAINT = "unique_live_container_name_per_project"
 STATS_SAMPLES = 40
 QUERY_WAIT = 3.0
@@ -85,9 +100,11 @@ def container_list(request: HttpRequest) -> HttpResponse:
     params = request.GET.copy()
     if not request.GET and current_project(request):
         params["project"] = current_project(request)
-    filterset = ContainerFilterSet(params, queryset=selectors.container_list(request.user))
+    rows = selectors.container_list(request.user).defer(*LIST_DEFERRED)
+    filterset = ContainerFilterSet(params, queryset=rows)
     context = {
-        "page": paginate(request, filterset.qs.order_by("-created_at", "pk")),
+        # -created_at alone walks its index and stops after one page (ties are rare).
+        "page": paginate(request, filterset.qs.order_by("-created_at")),
         "filters": params,
         "query_string": query_without_page(request),
         "states": ObservedState.choices,

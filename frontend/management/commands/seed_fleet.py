@@ -13,7 +13,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from containers.choices import ObservedState, Role
@@ -164,7 +164,23 @@ def seed_fleet(*, hosts: int, containers: int, projects: int, rng: random.Random
         ],
         batch_size=1000,
     )
+    _analyze()
     return {"hosts": hosts, "projects": projects, "containers": containers, "images": len(images)}
+
+
+def _analyze() -> None:
+    """Refresh PostgreSQL's planner statistics: right after a bulk insert it still believes the
+    tables are empty and sorts every row instead of walking an index (0.4 ms vs 370 ms for
+    the container list here). Autovacuum would do the same a little later."""
+    if connection.vendor != "postgresql":
+        return
+    tables = [
+        m._meta.db_table
+        for m in (Host, HostStatusChange, Project, Image, Container, ContainerEvent, Membership)
+    ]
+    with connection.cursor() as cursor:
+        for table in tables:
+            cursor.execute(f'ANALYZE "{table}"')  # table names come from the models
 
 
 def _host(i: int, run: str, now: Any, rng: random.Random) -> Host:
