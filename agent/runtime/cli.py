@@ -104,7 +104,7 @@ def _dispatch(rt: Runtime, args: argparse.Namespace) -> int:
             rt.create(args.id, args.bundle, pid_file=args.pid_file)
             rt.start(args.id)
             return 0
-        code = rt.run(args.id, args.bundle)
+        code = rt.run(args.id, args.bundle, echo=True)
         return code if code is not None else 1
     elif cmd == "exec":
         argv = args.args[1:] if args.args[:1] == ["--"] else args.args

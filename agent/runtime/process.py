@@ -91,6 +91,7 @@ def spawn(linux: Linux, launch: Launch, cgroup: CgroupLike | None) -> int:
     child_sock.close()
     sync = Sync(parent_sock)
     init_pid = 0
+    ready = False
     try:
         if cgroup is not None:
             _cgroup_apply(cgroup, stage1)
@@ -107,6 +108,9 @@ def spawn(linux: Linux, launch: Launch, cgroup: CgroupLike | None) -> int:
                 os.waitpid(stage1, 0)
                 stage1 = 0
             elif msg.get("ready"):
+                ready = True
+            # Stage 1 and the init share the channel: "ready" may overtake "pid".
+            if ready and init_pid:
                 return init_pid
     except BaseException:
         for pid in (stage1, init_pid):
@@ -155,6 +159,7 @@ def _stage1(linux: Linux, launch: Launch, sync: Sync) -> NoReturn:
             namespaces.unshare_user(linux)
             sync.send(idmap=True)
             sync.recv()
+            _become_namespace_root(linux, config)
         if not launch.join_only:
             namespaces.unshare_rest(linux, config)
         pid = os.fork()
@@ -164,6 +169,15 @@ def _stage1(linux: Linux, launch: Launch, sync: Sync) -> NoReturn:
         os._exit(0)
     except BaseException as exc:
         _report_and_exit(sync, exc, "stage1")
+
+
+def _become_namespace_root(linux: Linux, config: Config) -> None:
+    """Act as root of the new user namespace, as runc does: devpts and mqueue refuse a mounter
+    whose ids are unmapped there (EOVERFLOW). Skipped when 0 is not mapped."""
+    if any(m.container_id == 0 for m in config.gid_mappings):
+        _step("namespaces.setresgid", lambda: linux.setresgid(0))
+    if any(m.container_id == 0 for m in config.uid_mappings):
+        _step("namespaces.setresuid", lambda: linux.setresuid(0))
 
 
 def _init(linux: Linux, launch: Launch, sync: Sync) -> NoReturn:

@@ -27,6 +27,7 @@ from agent.runtime.shim import cgroup_manager, exit_code_of, run_shim
 from agent.runtime.state import (
     DEFAULT_ROOT,
     FIFO,
+    LOG,
     StateStore,
     live_status,
     oci_state,
@@ -67,12 +68,22 @@ class Runtime:
         with contextlib.ExitStack() as undo:
             path = self.store.make_dir(container_id)
             undo.callback(self.store.remove, container_id)
-            os.mkfifo(path / FIFO, 0o600)
+            self._make_fifo(path / FIFO, config)
             pid = self._launch_shim(container_id, config)
             if pid_file:
                 write_atomic(Path(pid_file).resolve(), str(pid))
             undo.pop_all()
         return self.state(container_id)
+
+    def _make_fifo(self, path: Path, config: Config) -> None:
+        """The exec fifo; writable by the container's user (it opens it after dropping to it),
+        owned by the host ids of the container's root, as runc does."""
+        os.mkfifo(path, 0o600)
+        os.chmod(path, 0o622)  # noqa: S103 - the dir is 0700; the user must write it
+        uid = next((m.host_id for m in config.uid_mappings if m.container_id == 0), 0)
+        gid = next((m.host_id for m in config.gid_mappings if m.container_id == 0), 0)
+        if uid or gid:
+            os.chown(path, uid, gid)
 
     def _launch_shim(self, container_id: str, config: Config) -> int:
         """Double fork: the shim is re-parented away from us and reports on a pipe."""
@@ -93,7 +104,7 @@ class Runtime:
             chunks.append(chunk)
         chunks.append(chunk)
         os.close(read_fd)
-        if not chunks:
+        if not b"".join(chunks).strip():
             raise RuntimeFailure("shim", "the monitor exited without reporting")
         msg = json.loads(b"".join(chunks))
         if "error" in msg:
@@ -246,14 +257,25 @@ class Runtime:
                 time.sleep(0.01)
 
     # --- run / exec ---------------------------------------------------------------------
-    def run(self, container_id: str, bundle: str | Path) -> int | None:
-        """create + start + wait + delete; the exit code."""
+    def run(self, container_id: str, bundle: str | Path, *, echo: bool = False) -> int | None:
+        """create + start + wait + delete; the exit code. ``echo`` copies the container's
+        output to our stdout/stderr (the CLI's foreground ``run``)."""
         self.create(container_id, bundle)
         try:
             self.start(container_id)
-            return self.wait(container_id)
+            code = self.wait(container_id)
+            if echo:
+                self._echo_log(container_id)
+            return code
         finally:
             self.delete(container_id, force=True)
+
+    def _echo_log(self, container_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            for line in (self.store.dir(container_id) / LOG).read_text().splitlines():
+                entry = json.loads(line)
+                fd = 2 if entry.get("stream") == "stderr" else 1
+                os.write(fd, entry["log"].encode())
 
     def exec(
         self,

@@ -187,6 +187,8 @@ class Shim:
             mgr.apply(os.getpid())
 
     def _pump_until_exit(self, pid: int) -> int:
+        """Copy output to the log until ``pid`` exited and its pipes are drained; reap every
+        child on the way (orphans re-parented to us, and ``pid`` itself)."""
         pidfd = os.pidfd_open(pid)
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
@@ -199,11 +201,12 @@ class Shim:
             for fd, _ in poller.poll(timeout):
                 if fd == pidfd:
                     poller.unregister(pidfd)
-                    _, wait_status = os.waitpid(pid, 0)
-                    exited_at = time.monotonic()
                 elif not self._read_pipe(fd):
                     poller.unregister(fd)
-            self._reap_orphans()
+            for child, status in self._reap_children():
+                if child == pid:
+                    wait_status = status
+                    exited_at = time.monotonic()
             if exited_at is not None and (
                 not self.pipes or time.monotonic() - exited_at > _DRAIN_SECONDS
             ):
@@ -224,10 +227,15 @@ class Shim:
             self.log.write(self.pipes[fd], data)
         return True
 
-    def _reap_orphans(self) -> None:
+    def _reap_children(self) -> list[tuple[int, int]]:
+        reaped = []
         with contextlib.suppress(ChildProcessError):
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                pass
+            while True:
+                child, status = os.waitpid(-1, os.WNOHANG)
+                if child <= 0:
+                    break
+                reaped.append((child, status))
+        return reaped
 
     def _record_exit(self, wait_status: int) -> bool:
         """Write the exit into the state; say whether the restart policy wants another run."""
@@ -343,4 +351,10 @@ def run_shim(
         with contextlib.suppress(OSError):
             os.write(result_fd, json.dumps({"error": failure.to_dict()}).encode() + b"\n")
         os._exit(1)
-    shim.monitor(pid)
+    try:
+        shim.monitor(pid)
+    except BaseException as exc:  # nobody sees our stderr: leave the reason in the log
+        if shim.log is not None:
+            shim.log.write("shim", f"corral-shim: monitor failed: {exc!r}\n".encode())
+            shim.log.flush()
+        os._exit(1)

@@ -1,0 +1,371 @@
+"""Real containers on a busybox rootfs, asserted from the host side."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from runtime_helpers import CGROUP_PARENT, BundleFactory, cgroup_dirs
+
+from agent.runtime.config import CAP_NUMBERS
+from agent.runtime.errors import ConfigError, ContainerNotFound, RuntimeFailure
+from agent.runtime.runtime import Runtime
+from agent.runtime.spec import DEFAULT_CAPABILITIES
+
+pytestmark = pytest.mark.privileged
+
+SLEEP = ["/bin/sleep", "30"]
+
+
+def status_field(pid: int, name: str) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"{name} not in /proc/{pid}/status")
+
+
+def running(runtime: Runtime, cid: str, bundle: Path) -> int:
+    runtime.create(cid, bundle)
+    runtime.start(cid)
+    return int(runtime.state(cid)["pid"])
+
+
+def mounts_of(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/mounts").read_text().splitlines()
+
+
+def test_container_gets_its_own_namespaces(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    pid = running(runtime, cid, make_bundle(SLEEP))
+    for ns in ("pid", "uts", "ipc", "net", "mnt", "cgroup"):
+        assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
+    assert status_field(pid, "NSpid").split()[-1] == "1"  # pid 1 inside its namespace
+
+
+def test_hostname_is_set_in_the_uts_namespace(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    pid = running(runtime, cid, make_bundle(SLEEP, hostname="box-one"))
+    out = subprocess.run(
+        ["nsenter", "-t", str(pid), "-u", "hostname"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "box-one"
+
+
+def test_capabilities_no_new_privs_and_seccomp(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    pid = running(runtime, cid, make_bundle(SLEEP))
+    expected = sum(1 << CAP_NUMBERS[c] for c in DEFAULT_CAPABILITIES)
+    for field in ("CapEff", "CapPrm", "CapBnd"):
+        assert int(status_field(pid, field), 16) == expected, field
+    assert int(status_field(pid, "CapInh"), 16) == 0
+    assert status_field(pid, "NoNewPrivs") == "1"
+    assert status_field(pid, "Seccomp") == "2"
+
+
+def test_seccomp_denies_listed_syscalls(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    # busybox `swapoff` calls swapoff(2): denied with EPERM instead of ENOENT/EINVAL.
+    runtime.create(cid, make_bundle(["/bin/sh", "-c", "swapoff /nonexistent; echo rc=$?"]))
+    runtime.start(cid)
+    assert runtime.wait(cid, timeout=10) == 0
+    log = (runtime.store.dir(cid) / "ctr.log").read_text()
+    assert "Operation not permitted" in log
+
+
+def test_masked_paths_are_empty_and_sys_is_read_only(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    pid = running(runtime, cid, make_bundle(SLEEP))
+    root = f"/proc/{pid}/root"
+    assert Path("/proc/keys").read_text() != "" or True  # host value only for contrast
+    assert Path(f"{root}/proc/keys").read_text() == ""
+    assert Path(f"{root}/proc/timer_list").read_text() == ""
+    assert os.statvfs(f"{root}/sys").f_flag & os.ST_RDONLY
+    assert os.statvfs(f"{root}/proc/sys").f_flag & os.ST_RDONLY
+    assert not os.statvfs(f"{root}/tmp").f_flag & os.ST_RDONLY
+    with pytest.raises(OSError):
+        Path(f"{root}/sys/kernel/test-file").write_text("x")
+
+
+def test_dev_is_minimal(runtime: Runtime, make_bundle: BundleFactory, cid: str) -> None:
+    pid = running(runtime, cid, make_bundle(SLEEP))
+    names = set(os.listdir(f"/proc/{pid}/root/dev"))
+    assert {"null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue"} <= names
+    assert "sda" not in names and "vda" not in names and "mem" not in names
+
+
+def test_user_namespace_maps_ids(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str, busybox_rootfs: Path
+) -> None:
+    # The container's root (host uid 5000) must be able to reach the rootfs, as with runc:
+    # pytest's tmp dirs are 0700, so the rootfs is copied below a world-traversable dir.
+    base = Path(tempfile.mkdtemp(prefix="corral-userns-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        rootfs = base / "rootfs"
+        shutil.copytree(busybox_rootfs, rootfs, symlinks=True)
+        maps = [{"containerID": 0, "hostID": 5000, "size": 1101}]
+        namespaces = ("pid", "ipc", "uts", "mount", "network", "cgroup", "user")
+        bundle = make_bundle(
+            SLEEP,
+            rootfs=rootfs,
+            linux={
+                "namespaces": [{"type": t} for t in namespaces],
+                "uidMappings": maps,
+                "gidMappings": maps,
+            },
+        )
+        pid = running(runtime, cid, bundle)
+        assert Path(f"/proc/{pid}/uid_map").read_text().split() == ["0", "5000", "1101"]
+        assert Path(f"/proc/{pid}/gid_map").read_text().split() == ["0", "5000", "1101"]
+        assert os.stat(f"/proc/{pid}").st_uid == 5000
+        assert os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user")
+        runtime.delete(cid, force=True)
+    finally:
+        shutil.rmtree(base)
+
+
+def test_image_container_sees_only_its_layers(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str, tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    top = tmp_path / "layer-top"
+    (top / "app").mkdir(parents=True)
+    (top / "app" / "hello.txt").write_text("from the top layer\n")
+    upper, work, merged = tmp_path / "upper", tmp_path / "work", tmp_path / "merged"
+    for d in (upper, work, merged):
+        d.mkdir()
+    annotations = {
+        "run.corral.rootfs.lower": f"{top}:{busybox_rootfs}",
+        "run.corral.rootfs.upper": str(upper),
+        "run.corral.rootfs.work": str(work),
+    }
+    bundle = make_bundle(
+        ["/bin/sh", "-c", "echo written > /app/new.txt; sleep 30"],
+        rootfs=merged,
+        annotations=annotations,
+    )
+    pid = running(runtime, cid, bundle)
+    root = Path(f"/proc/{pid}/root")
+    assert (root / "app" / "hello.txt").read_text() == "from the top layer\n"
+    assert sorted(os.listdir(root)) == sorted(set(os.listdir(busybox_rootfs)) | {"app"})
+    assert not (root / "usr").exists()  # the host's /usr is not there
+    deadline = time.monotonic() + 5
+    new = upper / "app" / "new.txt"
+    while not (new.exists() and new.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (upper / "app" / "new.txt").read_text() == "written\n"  # writes go to the upper dir
+    assert not (top / "app" / "new.txt").exists()
+    assert not any(
+        str(merged) in line for line in Path("/proc/self/mounts").read_text().splitlines()
+    )
+
+
+def test_host_container_sees_host_usr_read_only(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str, tmp_path: Path
+) -> None:
+    from agent.runtime.spec import SpecOptions, host_mounts, prepare_host_rootfs
+
+    root, private = tmp_path / "hostroot", tmp_path / "private"
+    prepare_host_rootfs(root, private)
+    mounts = make_bundle(SLEEP)  # only to reuse the default mounts below
+    del mounts
+    from agent.runtime.spec import base_mounts
+
+    bundle = make_bundle(
+        ["/usr/bin/sleep", "30"],
+        rootfs=root,
+        mounts=base_mounts() + host_mounts(SpecOptions(private_dir=str(private))),
+    )
+    pid = running(runtime, cid, bundle)
+    croot = Path(f"/proc/{pid}/root")
+    assert sorted(os.listdir(croot / "usr" / "bin"))[:50] == sorted(os.listdir("/usr/bin"))[:50]
+    assert os.statvfs(croot / "usr").f_flag & os.ST_RDONLY
+    (croot / "etc" / "corral-private-test").write_text("x")  # private /etc: copy-on-write
+    assert not Path("/etc/corral-private-test").exists()
+    assert (private / "etc-upper" / "corral-private-test").exists()
+
+
+def test_create_failure_names_the_step_and_leaves_nothing(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    bundle = make_bundle(
+        ["/bin/does-not-exist"],
+        linux={"cgroupsPath": f"{CGROUP_PARENT}/{cid}", "resources": {"pids": {"limit": 10}}},
+    )
+    with pytest.raises(RuntimeFailure) as err:
+        runtime.create(cid, bundle)
+    assert err.value.step == "process.args[0]"
+    assert not runtime.store.dir(cid).exists()
+    assert not cgroup_dirs(f"{CGROUP_PARENT}/{cid}")
+
+
+def test_bad_config_is_rejected_before_touching_the_host(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    bundle = make_bundle(SLEEP, process={"cwd": "relative"})
+    with pytest.raises(ConfigError) as err:
+        runtime.create(cid, bundle)
+    assert err.value.field == "process.cwd"
+    assert not runtime.store.dir(cid).exists()
+
+
+def test_delete_leaves_no_state_cgroup_or_process(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    cg = f"{CGROUP_PARENT}/{cid}"
+    pid = running(runtime, cid, make_bundle(SLEEP, linux={"cgroupsPath": cg}))
+    assert cgroup_dirs(cg)
+    with pytest.raises(RuntimeFailure):
+        runtime.delete(cid)  # running: needs force
+    runtime.delete(cid, force=True)
+    assert not runtime.store.dir(cid).exists()
+    assert not cgroup_dirs(cg)
+    assert (
+        not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    )
+    with pytest.raises(ContainerNotFound):
+        runtime.state(cid)
+
+
+def test_memory_limit_oom_kill_is_reported(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    bundle = make_bundle(
+        ["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        linux={
+            "cgroupsPath": f"{CGROUP_PARENT}/{cid}",
+            "resources": {"memory": {"limit": 16 * 1024 * 1024}},
+        },
+    )
+    runtime.create(cid, bundle)
+    runtime.start(cid)
+    assert runtime.wait(cid, timeout=20) == 137
+    assert runtime.raw_state(cid)["oom_killed"] is True
+
+
+def test_pids_limit_is_enforced(runtime: Runtime, make_bundle: BundleFactory, cid: str) -> None:
+    script = "for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; wait; echo done"
+    bundle = make_bundle(
+        ["/bin/sh", "-c", script],
+        linux={"cgroupsPath": f"{CGROUP_PARENT}/{cid}", "resources": {"pids": {"limit": 4}}},
+    )
+    runtime.create(cid, bundle)
+    runtime.start(cid)
+    assert runtime.wait(cid, timeout=20) is not None
+    log = (runtime.store.dir(cid) / "ctr.log").read_text()
+    assert "can't fork" in log or "Resource temporarily unavailable" in log
+
+
+def test_container_survives_kill_9_of_its_creator(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    bundle = make_bundle(["/bin/sh", "-c", "while true; do echo tick; sleep 0.05; done"])
+    code = (
+        "import sys, time; from agent.runtime.runtime import Runtime; "
+        f"rt = Runtime({str(runtime.store.root)!r}); rt.create({cid!r}, {str(bundle)!r}); "
+        f"rt.start({cid!r}); print('up', flush=True); time.sleep(60)"
+    )
+    creator = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=Path(__file__).parents[3]
+    )
+    try:
+        assert creator.stdout is not None and creator.stdout.readline().strip() == b"up"
+        state = runtime.raw_state(cid)
+        shim = int(state["shim_pid"])
+        assert int(Path(f"/proc/{shim}/stat").read_text().split(") ")[1].split()[1]) != creator.pid
+        creator.send_signal(signal.SIGKILL)
+        creator.wait()
+        log = runtime.store.dir(cid) / "ctr.log"
+        size = log.stat().st_size
+        time.sleep(0.3)
+        assert runtime.state(cid)["status"] == "running"
+        assert log.stat().st_size > size  # the shim still collects output
+        # pid 1 of a pid namespace ignores signals it has no handler for: KILL, as after a
+        # stop timeout.
+        runtime.kill(cid, "KILL")
+        assert runtime.wait(cid, timeout=10) == 128 + signal.SIGKILL
+        assert runtime.state(cid)["status"] == "stopped"
+    finally:
+        creator.kill()
+        creator.wait()
+
+
+def test_restart_policy_on_failure_is_enforced_by_the_shim(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    bundle = make_bundle(
+        ["/bin/sh", "-c", "echo run; exit 3"], annotations={"run.corral.restart": "on-failure:2"}
+    )
+    runtime.create(cid, bundle)
+    runtime.start(cid)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = runtime.raw_state(cid)
+        if (
+            state.get("restart_count") == 2
+            and state["status"] == "stopped"
+            and state.get("exit_code") == 3
+        ):
+            break
+        time.sleep(0.05)
+    state = runtime.raw_state(cid)
+    assert state["restart_count"] == 2
+    assert state["exit_code"] == 3
+    log = (runtime.store.dir(cid) / "ctr.log").read_text()
+    assert log.count('"run\\n"') == 3
+
+
+def test_exec_joins_the_running_container(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str, tmp_path: Path
+) -> None:
+    from agent.runtime.process import Stdio
+
+    pid = running(runtime, cid, make_bundle(SLEEP, hostname="exec-box"))
+    out = tmp_path / "out"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        code = runtime.exec(
+            cid, ["/bin/sh", "-c", "hostname; cat /proc/1/cmdline"], stdio=Stdio(0, fd, fd)
+        )
+    finally:
+        os.close(fd)
+    assert code == 0
+    text = out.read_text()
+    assert text.startswith("exec-box\n")
+    assert "sleep" in text
+    assert pid
+
+
+def test_cli_reports_one_line_errors_and_nonzero_status(
+    tmp_path: Path, make_bundle: BundleFactory
+) -> None:
+    bundle = make_bundle(SLEEP, process={"args": []})
+    cmd = [
+        sys.executable,
+        "-m",
+        "agent.runtime",
+        "--root",
+        str(tmp_path / "st"),
+        "create",
+        "x1",
+        "--bundle",
+        str(bundle),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[3])
+    assert res.returncode != 0
+    assert res.stderr.count("\n") == 1 and "process.args" in res.stderr
+    res = subprocess.run(
+        [*cmd[:5], "state", "nope"], capture_output=True, text=True, cwd=Path(__file__).parents[3]
+    )
+    assert res.returncode != 0 and "does not exist" in res.stderr
