@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import client_for
 from django.test import Client
 
 from hosts.models import Operation
+from tests.frontend.actors import client_for
 
 pytestmark = pytest.mark.django_db
 

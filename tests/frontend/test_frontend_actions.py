@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import client_for
 from django.db import NotSupportedError, connection
 from django.test import Client
 
 from containers.models import Container
 from hosts.models import EnrollmentToken, Host, Operation
+from tests.frontend.actors import client_for
 
 pytestmark = pytest.mark.django_db
 HTMX = {"HTTP_HX_REQUEST": "true"}

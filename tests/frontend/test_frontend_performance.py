@@ -9,13 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import client_for, make_user
 from django.core.management import call_command
 from django.test import Client, RequestFactory
 from django.test.client import ClientHandler
 
 from containers.models import Container, Membership, Project
 from hosts.models import Host
+from tests.frontend.actors import client_for, make_user
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 BUDGET_SECONDS = 0.300
