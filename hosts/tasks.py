@@ -51,3 +51,8 @@ def operation_echo(operation_id: str) -> None:
 
 
 from hosts import tasks_ssh  # noqa: E402, F401 - SSH bootstrap tasks
+
+
+@shared_task(name="controlplane.bench.noop", ignore_result=True)
+def bench_noop(message: Any) -> None:
+    """Does nothing: the peer of bench/heartbeats.py (Celery's own floor on this machine)."""
