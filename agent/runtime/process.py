@@ -211,6 +211,8 @@ def _init(linux: Linux, launch: Launch, sync: Sync) -> NoReturn:
         channel = None
         if launch.exec_fifo_fd is not None:
             _wait_for_start(launch.exec_fifo_fd)
+        if launch.selinux and process.selinux_label:
+            _set_exec_label(process.selinux_label)
         if seccomp is not None and process.no_new_privileges:
             install_seccomp(linux, seccomp)
         os.execve(executable, list(process.args), env)  # noqa: S606 - exec is the point
@@ -225,6 +227,16 @@ def _step(name: str, action: Any) -> None:
         raise
     except OSError as exc:
         raise RuntimeFailure.from_os(name, exc) from None
+
+
+def _set_exec_label(label: str) -> None:
+    """SELinux: the next execve runs with the container's process label (only when enabled)."""
+    from agent.runtime.selinux import set_exec_label
+
+    try:
+        set_exec_label(label, enabled=True)
+    except Exception as exc:
+        raise RuntimeFailure("selinux.exec_label", str(exc), getattr(exc, "errno", None)) from None
 
 
 def _dup_stdio(stdio: Stdio) -> None:

@@ -91,6 +91,15 @@ def cgroup_manager(config: Config) -> Any:
     return new_manager(config.cgroups_path)
 
 
+def selinux_on() -> bool:
+    """Whether SELinux labels apply here (the teammate's module decides; absent means no)."""
+    try:
+        from agent.runtime.selinux import selinux_enabled
+    except ImportError:
+        return False
+    return bool(selinux_enabled())
+
+
 def exit_code_of(wait_status: int) -> int:
     """Shell convention: the exit code, or 128 + signal number."""
     code = os.waitstatus_to_exitcode(wait_status)
@@ -147,7 +156,12 @@ class Shim:
         err_r, err_w = os.pipe()
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            launch = Launch(self.config, Stdio(null, out_w, err_w), exec_fifo_fd=fifo_fd)
+            launch = Launch(
+                self.config,
+                Stdio(null, out_w, err_w),
+                exec_fifo_fd=fifo_fd,
+                selinux=selinux_on(),
+            )
             pid = spawn(self.linux, launch, self.cgroup)
         except BaseException:
             os.close(out_r)
