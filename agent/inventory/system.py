@@ -204,6 +204,14 @@ def collect_clock() -> Section:
     }
 
 
+AGENT_RUNTIME_ENV = "CORRAL_AGENT_RUNTIME"
+
+
 def collect_agent() -> Section:
-    """The agent's own version, so the control plane can tell which agents need upgrading."""
-    return {"version": agent.__version__}
+    """The agent's own version (which agents need upgrading) and the OCI runtime it starts
+    containers with: its own (``corral``) unless configured to use ``crun`` or ``runc``, so
+    certification judges only the runtime really in use."""
+    return {
+        "version": agent.__version__,
+        "runtime": os.environ.get(AGENT_RUNTIME_ENV, "").strip() or "corral",
+    }

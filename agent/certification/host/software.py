@@ -68,18 +68,34 @@ def upstream_fix(version: str, entry: dict[str, Any]) -> str | None:
     return fixes[-1] if key > upstream_key(fixes[-1]) else None
 
 
-@host_check("cert.runtime.E001", "installed OCI runtimes have no known container-escape CVE")
-def runtime_cves(inv: dict[str, Any]) -> Finding:
-    cid = "cert.runtime.E001"
+RUNTIME_CHOICES = ("corral", "crun", "runc")
+
+
+def _configured_runtime(inv: dict[str, Any]) -> str | None:
+    """The runtime the agent starts containers with (inventory ``agent.runtime``), or None
+    when the agent does not say (agents before 0.2 ran whichever runtime was installed, so
+    every installed runtime counts as used)."""
+    ag = section(inv, "agent") or {}
+    value = ag.get("runtime")
+    return str(value) if isinstance(value, str) and value else None
+
+
+def _runtime_advisories(
+    inv: dict[str, Any], names: set[str] | None
+) -> tuple[list[dict[str, str]], dict[str, list[str]], list[str]] | None:
+    """(affected, checked, unreadable) over installed runtimes (only ``names`` when given);
+    None when the runtimes section is unavailable."""
     rts = section(inv, "runtimes")
     if rts is None:
-        return missing(cid, inv, "runtimes")
+        return None
     os_id = (section(inv, "os") or {}).get("id")
     table = load_data("runtime_cves.json")["entries"]
     affected: list[dict[str, str]] = []
     checked: dict[str, list[str]] = {}
     unreadable: list[str] = []
     for name, rt in sorted((rts.get("runtimes") or {}).items()):
+        if names is not None and name not in names:
+            continue
         for entry in (e for e in table if e["runtime"] == name):
             try:
                 hit, why = _runtime_vulnerable(entry, rt, os_id)
@@ -89,15 +105,48 @@ def runtime_cves(inv: dict[str, Any]) -> Finding:
             checked.setdefault(name, []).append(f"{entry['cve']}: {why}")
             if hit:
                 affected.append({"runtime": name, "cve": entry["cve"], "source": entry["source"]})
+    return affected, checked, unreadable
+
+
+@host_check("cert.runtime.E001", "the OCI runtime the agent uses has no known escape CVE")
+def runtime_cves(inv: dict[str, Any]) -> Finding:
+    """Fails only for the runtime the agent is configured to use: an installed runtime that
+    nothing runs is advice (cert.runtime.W001), not a reason to refuse the host."""
+    cid = "cert.runtime.E001"
+    configured = _configured_runtime(inv)
+    if configured is not None and configured not in RUNTIME_CHOICES:
+        return finding(
+            cid,
+            "unknown",
+            f"agent.runtime {configured!r} is not one of {', '.join(RUNTIME_CHOICES)}",
+            runtime=configured,
+        )
+    used = None if configured is None else {configured}
+    found = _runtime_advisories(inv, used)
+    if found is None:
+        return missing(cid, inv, "runtimes")
+    affected, checked, unreadable = found
+    scope = {"runtime": configured or "any installed"}
+    if configured not in (None, "corral"):
+        installed = (section(inv, "runtimes") or {}).get("runtimes") or {}
+        if configured not in installed:
+            return finding(
+                cid,
+                "fail",
+                f"the agent is configured to use {configured}, which is not installed",
+                f"install {configured} or configure the agent's own runtime (corral)",
+                **scope,
+            )
     if affected:
         names = ", ".join(f"{a['runtime']} ({a['cve']})" for a in affected)
         return finding(
             cid,
             "fail",
-            f"vulnerable OCI runtimes: {names}",
+            f"vulnerable OCI runtime in use: {names}",
             "upgrade the runtime packages named here",
             affected=affected,
             checked=checked,
+            **scope,
         )
     if unreadable:
         return finding(
@@ -106,8 +155,52 @@ def runtime_cves(inv: dict[str, Any]) -> Finding:
             f"could not read the version of: {', '.join(unreadable)}",
             checked=checked,
             unreadable=unreadable,
+            **scope,
         )
-    return finding(cid, "pass", "no installed runtime matches a known CVE", checked=checked)
+    if configured == "corral":
+        return finding(
+            cid, "pass", "the agent runs containers with its own runtime (corral)", **scope
+        )
+    return finding(cid, "pass", "no runtime in use matches a known CVE", checked=checked, **scope)
+
+
+@host_check("cert.runtime.W001", "installed runtimes the agent does not use have no known CVE")
+def unused_runtime_cves(inv: dict[str, Any]) -> Finding:
+    """Advice about runtimes present on the host but not used by the agent (other tools on
+    the host may still run them)."""
+    cid = "cert.runtime.W001"
+    configured = _configured_runtime(inv)
+    if configured is None:
+        return finding(
+            cid, "pass", "the agent does not report its runtime: every runtime counts as used"
+        )
+    rts = section(inv, "runtimes")
+    if rts is None:
+        return missing(cid, inv, "runtimes")
+    unused = set(rts.get("runtimes") or {}) - {configured}
+    found = _runtime_advisories(inv, unused)
+    assert found is not None
+    affected, checked, unreadable = found
+    if affected:
+        names = ", ".join(f"{a['runtime']} ({a['cve']})" for a in affected)
+        return finding(
+            cid,
+            "warn",
+            f"installed but unused by the agent, vulnerable: {names}",
+            "upgrade or remove them; other tools on this host may run them",
+            affected=affected,
+            checked=checked,
+            runtime=configured,
+        )
+    if unreadable:
+        return finding(
+            cid,
+            "unknown",
+            f"could not read the version of: {', '.join(unreadable)}",
+            unreadable=unreadable,
+            runtime=configured,
+        )
+    return finding(cid, "pass", "no unused runtime matches a known CVE", checked=checked)
 
 
 @host_check("cert.agent.E001", "the agent version is supported")

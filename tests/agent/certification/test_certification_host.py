@@ -47,6 +47,7 @@ def test_check_ids_are_well_formed_and_cover_the_issue() -> None:
         "cert.overlay.E001",
         "cert.seccomp.E001",
         "cert.runtime.E001",
+        "cert.runtime.W001",
         "cert.agent.E001",
         "cert.clock.W001",
         "cert.os.E001",
@@ -285,20 +286,40 @@ def test_findings_survive_the_wire_format() -> None:
 
 
 @pytest.mark.privileged
-def test_this_machine_fails_selinux_and_only_runtime_cves_that_really_apply() -> None:
+def test_this_machine_fails_selinux_only_and_warns_about_the_unused_runc() -> None:
     """This CI host runs with SELinux off, so exactly the SELinux ids fail under the strict
-    profile, plus cert.runtime.E001 when the installed runc predates the Nov 2025 fixes
-    (Debian 12's runc 1.1.5+ds1-1+deb12u1 does: a real finding, not a test artefact).
-    The development profile then fails on that runtime finding alone, or certifies."""
+    profile. The agent runs containers with its own runtime, so Debian 12's runc (before the
+    Nov 2025 fixes) is installed but unused: cert.runtime.W001 warns, E001 passes, and the
+    development profile certifies."""
     inv = collect_inventory()
     findings = run_host_checks(inv)
     assert inv["selinux"]["enabled"] is False
-    runc = inv["runtimes"]["runtimes"].get("runc")
-    old_runc = bool(runc) and upstream_fix(runc["version"], RUNC_2025_ENTRY) is None
-    runtime_fails = ["cert.runtime.E001"] if old_runc else []
+    assert inv["agent"]["runtime"] == "corral"
     strict = evaluate(findings, "certified-container-host")
-    assert strict == ("not_certified", sorted([*SELINUX_IDS, *runtime_fails]))
-    dev = evaluate(findings, "development")
-    assert dev == (("not_certified", runtime_fails) if runtime_fails else ("certified", []))
-    if old_runc:
-        assert affected_cves(inv) >= set(RUNC_2025)
+    assert strict == ("not_certified", sorted(SELINUX_IDS))
+    assert evaluate(findings, "development") == ("certified", [])
+    assert by_id(findings)["cert.runtime.E001"].verdict == "pass"
+    runc = inv["runtimes"]["runtimes"].get("runc")
+    if runc and upstream_fix(runc["version"], RUNC_2025_ENTRY) is None:
+        warn = by_id(findings)["cert.runtime.W001"]
+        assert warn.verdict == "warn"
+        assert {a["cve"] for a in warn.evidence["affected"]} >= set(RUNC_2025)
+
+
+def test_only_the_configured_runtime_can_fail_and_unused_ones_warn() -> None:
+    inv = load(METAL)
+    inv["agent"]["runtime"] = "corral"
+    findings = by_id(run_host_checks(inv))
+    assert findings["cert.runtime.E001"].verdict == "pass"
+    assert findings["cert.runtime.W001"].verdict == "warn"
+    assert "runc" in findings["cert.runtime.W001"].message
+    inv["agent"]["runtime"] = "runc"
+    findings = by_id(run_host_checks(inv))
+    assert findings["cert.runtime.E001"].verdict == "fail"
+    assert {a["runtime"] for a in findings["cert.runtime.E001"].evidence["affected"]} == {"runc"}
+    inv["agent"]["runtime"] = "crun"
+    inv["runtimes"]["runtimes"].pop("crun", None)
+    finding = by_id(run_host_checks(inv))["cert.runtime.E001"]
+    assert (finding.verdict, "not installed" in finding.message) == ("fail", True)
+    inv["agent"]["runtime"] = "podman"
+    assert by_id(run_host_checks(inv))["cert.runtime.E001"].verdict == "unknown"
