@@ -40,7 +40,7 @@ def ensure_admin() -> None:
         return
     password = os.environ.get("CORRAL_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
     User.objects.create_superuser(username=username, email="", password=password)
-    print(f"admin account created: {username} / {password}  (shown once)")
+    print(f"admin account created: {username} / {password}  (shown once)", flush=True)
 
 
 def local_agent_argv() -> list[str] | None:
@@ -110,7 +110,10 @@ def main() -> int:
             subprocess.run(agent, check=True, cwd=REPO)
             agent = [*agent[: agent.index("enroll")], "run"]
         start(agent)
-    print(f"\nCorral is running at http://{BIND}/  (API docs: /api/docs/) - Ctrl-C stops it\n")
+    print(
+        f"\nCorral is running at http://{BIND}/  (API docs: /api/docs/) - Ctrl-C stops it\n",
+        flush=True,
+    )
     stopping = False
 
     def stop(*_: object) -> None:
