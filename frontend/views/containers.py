@@ -135,7 +135,7 @@ def _create_context(request: HttpRequest, values: Any, errors: dict[str, list[st
 @login_required
 def container_create(request: HttpRequest) -> HttpResponse:
     """GET: the form. POST: parse, validate with the API serializer, create; errors are shown
-    beside their fields (status 400) and the entered values are kept."""
+    beside their fields and the entered values are kept."""
     if request.method != "POST":
         return page(request, "frontend/container_form.html", _create_context(request, {}, {}))
     errors: dict[str, list[str]] = {}
@@ -161,7 +161,8 @@ def container_create(request: HttpRequest) -> HttpResponse:
         errors = _name_conflict(errors_from(exc, FIELD_ALIASES), request.POST)
     if errors:
         context = _create_context(request, request.POST, _fold_unknown(errors))
-        return page(request, "frontend/container_form.html", context, status=400)
+        # 200 like Django's form views: a 4xx document is logged as a console error by browsers.
+        return page(request, "frontend/container_form.html", context)
     messages.success(request, f"Container {container.name} created on {container.host}.")
     return redirect(reverse("frontend:container-detail", args=[container.pk]) + f"?op={op.pk}")
 

@@ -39,7 +39,7 @@ def make_host(name: str, **fields: Any) -> Host:
         "kernel": "6.1.0-test",
         "os_name": "Debian GNU/Linux 12",
         "virtualization": "kvm",
-        "cgroup_version": "1",
+        "cgroup_version": "v1",
         "selinux_mode": "disabled",
         "last_heartbeat_at": timezone.now(),
     }

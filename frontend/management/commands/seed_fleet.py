@@ -205,7 +205,7 @@ def _host(i: int, run: str, now: Any, rng: random.Random) -> Host:
         kernel=rng.choice(KERNELS),
         os_name=rng.choice(OSES),
         virtualization=rng.choice(["none", "kvm"]),
-        cgroup_version=rng.choice(["1", "2", "2"]),
+        cgroup_version=rng.choice(["v1", "v2", "v2"]),
         selinux_mode=rng.choice(["enforcing", "disabled"]) if certified else "disabled",
         certification="certified" if certified else "not_certified",
         certification_profile="certified-container-host",
