@@ -223,7 +223,9 @@ def container_action(
         raise CorralError(f"Unknown action {action!r}.", field="action")
     kind, desired = ACTIONS[action]
     locked = (
-        Container.objects.select_for_update().select_related("host", "project").get(pk=container.pk)
+        Container.objects.select_for_update(of=("self",))
+        .select_related("host", "project")
+        .get(pk=container.pk)
     )
     if locked.removed_at is not None or locked.desired_state == DesiredState.REMOVED:
         raise InvalidTransition(f"Container {locked.name} was removed; nothing to {action}.")

@@ -14,3 +14,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"DATABASE_URL={os.environ.get('DATABASE_URL', '(default sqlite)')}",
         f"CELERY_BROKER_URL={os.environ.get('CELERY_BROKER_URL', '(default filesystem)')}",
     ]
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: object) -> None:
+    """Actors are created in almost every test; PBKDF2 at full strength would dominate."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # type: ignore[attr-defined]
