@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 from django.core.management import call_command
 
 from hosts.models import Host
@@ -134,6 +135,19 @@ def test_full_page_screenshots(ui_fleet: dict[str, Any], browser_page: tuple[Any
         "projects": "/projects/",
         "operations": "/operations/",
     }
+    # Stats samples as the detail page's polling would have gathered them (same process cache).
+    cache.set(
+        f"corral:ui:stats:{container.pk}",
+        [
+            {
+                "t": float(i),
+                "cpu_ns": i * 4e8 + (i * i % 7) * 5e7,
+                "mem": (40 + i % 9) * 2**20,
+                "limit": 2**28,
+            }
+            for i in range(30)
+        ],
+    )
     for name, url in shots.items():
         page.goto(url)
         settle(page)

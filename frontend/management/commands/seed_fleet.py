@@ -164,8 +164,46 @@ def seed_fleet(*, hosts: int, containers: int, projects: int, rng: random.Random
         ],
         batch_size=1000,
     )
+    operations = _seed_operations(container_rows, rng)
     _analyze()
-    return {"hosts": hosts, "projects": projects, "containers": containers, "images": len(images)}
+    return {
+        "hosts": hosts,
+        "projects": projects,
+        "containers": containers,
+        "images": len(images),
+        "operations": operations,
+    }
+
+
+OP_KINDS = ["agent.containers.create", "agent.containers.start", "agent.containers.stop"]
+OP_ERRORS = [
+    ("image_pull_failed", "registry answered 404 for busybox:9.9"),
+    ("host_unavailable", "host went offline before the command was sent"),
+    ("lost", "no answer from the host before the deadline"),
+]
+
+
+def _seed_operations(containers: list[Container], rng: random.Random) -> int:
+    """One operation per ten containers, most succeeded, some failed with a reason."""
+    rows = []
+    for container in containers[::10]:
+        failed = rng.random() < 0.15
+        code, error = rng.choice(OP_ERRORS) if failed else ("", "")
+        rows.append(
+            Operation(
+                kind=rng.choice(OP_KINDS),
+                host=container.host,
+                target_type="container",
+                target_id=str(container.pk),
+                project_slug=container.project.slug,
+                status="failed" if failed else "succeeded",
+                error_code=code,
+                error=error,
+                finished_at=timezone.now(),
+            )
+        )
+    Operation.objects.bulk_create(rows, batch_size=1000)
+    return len(rows)
 
 
 def _analyze() -> None:
@@ -176,7 +214,16 @@ def _analyze() -> None:
         return
     tables = [
         m._meta.db_table
-        for m in (Host, HostStatusChange, Project, Image, Container, ContainerEvent, Membership)
+        for m in (
+            Host,
+            HostStatusChange,
+            Project,
+            Image,
+            Container,
+            ContainerEvent,
+            Membership,
+            Operation,
+        )
     ]
     with connection.cursor() as cursor:
         for table in tables:
