@@ -7,6 +7,7 @@ tests notice when a file changes in a way they would no longer cover.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -103,3 +104,70 @@ http {{
 """
     )
     return NginxSite(prefix, main_conf, http_port, https_port, cert)
+
+
+# --- systemd units and environment files -------------------------------------------------
+
+
+def parse_unit(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """A unit file as {section: [(key, value), ...]}, in file order (keys may repeat)."""
+    return parse_unit_text(path.read_text(), name=path.name)
+
+
+def parse_unit_text(text: str, *, name: str) -> dict[str, list[tuple[str, str]]]:
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] | None = None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], [])
+            continue
+        assert current is not None, f"{name}:{number}: a setting outside any section"
+        assert "=" in line and not line.endswith("\\"), f"{name}:{number}: {line!r}"
+        key, value = line.split("=", 1)
+        current.append((key.strip(), value.strip()))
+    return sections
+
+
+def unit_values(path: Path, section: str, key: str) -> list[str]:
+    return [v for k, v in parse_unit(path).get(section, []) if k == key]
+
+
+def unit_value(path: Path, section: str, key: str) -> str:
+    values = unit_values(path, section, key)
+    assert len(values) == 1, f"{path.name}: expected one {key}= in [{section}], found {values}"
+    return values[0]
+
+
+def expand_specifiers(value: str, *, hostname: str) -> str:
+    """The systemd specifiers our units use: %% and %H (the host name)."""
+    out, index = [], 0
+    while index < len(value):
+        char = value[index]
+        if char == "%":
+            spec = value[index + 1 : index + 2]
+            assert spec in ("%", "H"), f"unexpected specifier %{spec} in {value!r}"
+            out.append("%" if spec == "%" else hostname)
+            index += 2
+        else:
+            out.append(char)
+            index += 1
+    return "".join(out)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """An EnvironmentFile= as systemd reads the subset we allow: NAME=value lines (no quotes,
+    no spaces around '='), comments and blank lines."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        assert sep and re.fullmatch(r"[A-Z][A-Z0-9_]*", name), f"{path.name}:{number}: {line!r}"
+        assert value == value.strip(), f"{path.name}:{number}: whitespace around the value"
+        assert not value.startswith(("'", '"')), f"{path.name}:{number}: quoted value"
+        assert name not in values, f"{path.name}:{number}: {name} set twice"
+        values[name] = value
+    return values
