@@ -23,7 +23,7 @@ supervise)
     trap 'rm -f "$RUN/want-run"; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM INT
     touch "$RUN/want-run"
     while [ -f "$RUN/want-run" ]; do
-        PYTHONUNBUFFERED=1 "$PREFIX/venv/bin/python" -m agent run --config "$PREFIX/agent.json" \
+        PYTHONUNBUFFERED=1 "$PREFIX/venv/bin/python" -m agent --config "$PREFIX/agent.json" run \
             >>"$PREFIX/log/agent.log" 2>&1 </dev/null &
         child=$!
         echo "$child" > "$AGENT_PID"

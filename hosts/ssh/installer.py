@@ -275,7 +275,7 @@ set -e
 cd {q(new)}
 python3 -m venv venv
 ./venv/bin/python -m pip install --no-index --find-links wheelhouse --disable-pip-version-check \
-    --no-cache-dir -q -r requirements.txt
+    --no-cache-dir --no-compile -q -r requirements.txt
 # The agent's code lives in lib/; a relative .pth keeps the venv relocatable (staged in .new).
 for d in venv/{site}; do echo ../../../../lib > "$d/corral-agent.pth"; done
 ./venv/bin/python -c 'import agent, celery; print("agent", agent.__version__)'

@@ -241,24 +241,28 @@ def ssh_operation_start(
         deadline_seconds=OPERATION_DEADLINE,
     )
     op_id = str(op.pk)
+    transaction.on_commit(lambda: _dispatch(op_id))
+    return op
 
-    def _send() -> None:
-        from config.celery import app
 
-        try:
+def _dispatch(op_id: str) -> None:
+    """Hand the operation to the control-plane worker (after commit). A broker outage leaves
+    the operation pending; the deadline sweep marks it timed out."""
+    from config.celery import app
+
+    try:
+        with app.connection_for_write() as conn:
             result = app.send_task(
                 TASK_NAME,
                 kwargs={"message": {"schema_version": 1, "operation_id": op_id}},
                 queue="controlplane",
                 task_id=op_id,
+                connection=conn,
             )
-        except Exception as exc:
-            logger.error("operation %s: could not hand %s to the broker: %s", op_id, TASK_NAME, exc)
-            return
-        operation_transition(op_id, OperationStatus.SENT, celery_task_id=result.id or "")
-
-    transaction.on_commit(_send)
-    return op
+    except Exception as exc:
+        logger.error("operation %s: could not hand %s to the broker: %s", op_id, TASK_NAME, exc)
+        return
+    operation_transition(op_id, OperationStatus.SENT, celery_task_id=result.id or "")
 
 
 def ssh_operation_run(operation_id: str) -> Operation:
