@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[["Agent", Any], dict[str, Any]]
 HANDLERS: dict[str, Handler] = {}
+# The operation a handler thread is running, for handlers that report progress.
+_CURRENT = threading.local()
 
 
 class CommandFailed(Exception):
@@ -142,6 +144,7 @@ class Agent:
         try:
             if fn is None:
                 raise CommandFailed(errors.ERR_INVALID_MESSAGE, f"this agent has no {kind!r}")
+            _CURRENT.op_id = op_id
             result = fn(self, payload) or {}
         except CommandFailed as exc:
             self.journal.operation_set(op_id, kind, "done", {"error": exc.message})
@@ -316,20 +319,94 @@ def _logs(agent: Agent, msg: LogsRequest) -> dict[str, Any]:
     return {"lines": agent.containers.logs(msg.container_id, tail=msg.tail, since=msg.since)}
 
 
+PROGRESS_EVERY_S = 0.5
+
+
+def _progress_reporter(agent: Agent) -> Callable[[int, int], None]:
+    """A pull progress callback that reports bytes done/total at most every half second (and
+    when done), so a large pull shows movement without flooding the control plane."""
+    op_id = getattr(_CURRENT, "op_id", None)
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if op_id is None or (now - last[0] < PROGRESS_EVERY_S and done < total):
+            return
+        last[0] = now
+        agent.progress(op_id, "pull", done=done, total=total)
+
+    return report
+
+
+def _image_tags(reference: str) -> list[str]:
+    """The tag of a reference (``name:tag`` or ``name:tag@digest``), for the unique-tag check."""
+    name = reference.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return [last.split(":", 1)[1]] if ":" in last else []
+
+
+def _image_checks(agent: Agent, record: Any, reference: str) -> list[dict[str, Any]]:
+    """Certification findings of a pulled image, over a mount-free merged view of its layers
+    (hard links in a scratch dir beside the store, removed afterwards)."""
+    from agent.certification import run_image_checks
+    from agent.certification.image_rootfs import merged_rootfs
+
+    layers = agent.images.layers_for(record)
+    with merged_rootfs(layers, Path(agent.config.state_dir) / "images" / "tmp") as rootfs:
+        findings = run_image_checks(
+            rootfs, dict(record.config), list(record.layers), _image_tags(reference)
+        )
+    return [f.to_dict() for f in findings]
+
+
 @handler(names.AGENT_IMAGE_PULL)
 def _pull(agent: Agent, msg: PullImage) -> dict[str, Any]:
+    """Pull (by digest when pinned), report byte progress, then certify the image: the
+    findings travel in the result and the control plane judges them under its policy."""
+    reference = (
+        msg.image.digest and f"{msg.image.reference.split('@')[0]}@{msg.image.digest}"
+    ) or msg.image.reference
     record = agent.images.pull(
-        (msg.image.digest and f"{msg.image.reference.split('@')[0]}@{msg.image.digest}")
-        or msg.image.reference,
+        reference,
         registry_url=msg.registry_url,
         auth=msg.auth,
+        progress=_progress_reporter(agent),
     )
+    try:
+        findings = _image_checks(agent, record, msg.image.reference)
+        check_error = ""
+    except Exception as exc:  # the pull itself succeeded; the verdict becomes unknown
+        logger.exception("image checks of %s failed", record.digest)
+        findings, check_error = [], f"{type(exc).__name__}: {exc}"
     return {
         "digest": record.digest,
         "size": record.size,
         "config": record.config,
         "layers": list(record.layers),
         "platform": record.platform,
+        "labels": dict(record.labels),
+        "findings": findings,
+        "check_error": check_error,
+    }
+
+
+@handler(names.AGENT_IMAGE_GC)
+def _gc(agent: Agent, msg: Ping) -> dict[str, Any]:
+    """Collect every image but those the control plane says to keep (``text`` is a JSON list
+    of references or digests: the protocol's gc payload is a Ping)."""
+    import json
+
+    try:
+        keep = json.loads(msg.text) if msg.text not in ("", "ping") else []
+    except ValueError:
+        raise CommandFailed(errors.ERR_INVALID_MESSAGE, "gc: text must be a JSON list") from None
+    if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
+        raise CommandFailed(errors.ERR_INVALID_MESSAGE, "gc: text must be a JSON list of str")
+    result = agent.images.gc(set(keep))
+    return {
+        "removed_images": list(result.removed_images),
+        "removed_layers": len(result.removed_layers),
+        "freed_bytes": result.freed_bytes,
     }
 
 

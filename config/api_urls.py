@@ -7,4 +7,5 @@ from django.urls import include, path
 urlpatterns = [
     path("", include("hosts.api.urls")),
     path("", include("containers.api.urls")),
+    path("", include("containers.api.cert_views")),
 ]

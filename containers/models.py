@@ -216,3 +216,6 @@ class ContainerEvent(models.Model):
 
     class Meta:
         ordering = ["-at", "-id"]
+
+
+from containers import models_images  # noqa: E402, F401 - credentials, uploads, policy

@@ -185,6 +185,7 @@ class ContainerEventSerializer(serializers.ModelSerializer):
 
 class ImageSerializer(serializers.ModelSerializer):
     project = serializers.SlugRelatedField(slug_field="slug", queryset=Project.objects.all())
+    hosts = serializers.SerializerMethodField(help_text="Hosts holding the image")
 
     class Meta:
         model = Image
@@ -197,10 +198,12 @@ class ImageSerializer(serializers.ModelSerializer):
             "registry_url",
             "size",
             "platform",
+            "config",
             "labels",
             "layers",
             "certification",
             "findings",
+            "hosts",
             "created_at",
         ]
         read_only_fields = [
@@ -209,9 +212,44 @@ class ImageSerializer(serializers.ModelSerializer):
             "source",
             "size",
             "platform",
+            "config",
             "labels",
             "layers",
             "certification",
             "findings",
+            "hosts",
             "created_at",
         ]
+        # Registration goes through containers.images.services (idempotent per reference).
+        validators: list[Any] = []
+
+    def get_hosts(self, image: Image) -> list[dict[str, str]]:
+        return [
+            {"id": str(loc.host_id), "name": loc.host.name, "pulled_at": loc.pulled_at.isoformat()}
+            for loc in image.locations.all()
+        ]
+
+
+class ImageUploadSerializer(serializers.Serializer):
+    project = serializers.SlugRelatedField(slug_field="slug", queryset=Project.objects.all())
+    archive = serializers.FileField(help_text="docker save archive or OCI image-layout tarball")
+    name = serializers.CharField(required=False, allow_blank=True, default="")
+    tag = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class ImagePullSerializer(serializers.Serializer):
+    hosts = serializers.PrimaryKeyRelatedField(
+        queryset=Host.objects.all(), many=True, allow_empty=False
+    )
+
+
+class RegistryCredentialSerializer(serializers.Serializer):
+    """Write: the password. Read: never the password (not even encrypted)."""
+
+    project = serializers.SlugRelatedField(slug_field="slug", queryset=Project.objects.all())
+    registry = serializers.CharField(max_length=255)
+    username = serializers.CharField(max_length=255)
+    password = serializers.CharField(write_only=True, trim_whitespace=False)
+    ca_pem = serializers.CharField(required=False, allow_blank=True, default="", write_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+    updated_at = serializers.DateTimeField(read_only=True)

@@ -5,8 +5,10 @@ caller's projects, so another tenant's object answers 404."""
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from django.db.models import QuerySet
@@ -15,23 +17,31 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from agent.protocol import names
 from agent.protocol.messages import ContainerAction, LogsRequest
+from config.errors import CorralError
+from containers import certification as cert_services
 from containers import selectors, services
 from containers.api.serializers import (
     ContainerActionSerializer,
     ContainerEventSerializer,
     ContainerSerializer,
+    ImagePullSerializer,
     ImageSerializer,
+    ImageUploadSerializer,
     MembershipSerializer,
     ProjectSerializer,
+    RegistryCredentialSerializer,
 )
 from containers.choices import Role
 from containers.filtersets import ContainerFilterSet, ImageFilterSet
+from containers.images import services as image_services
 from containers.models import Container, Image, Membership, Project
+from containers.models_images import RegistryCredential
 from containers.permissions import has_role
 from hosts.api.serializers import OperationSerializer
 from hosts.filtersets import OperationFilterSet
@@ -246,6 +256,10 @@ class ContainerViewSet(viewsets.ModelViewSet):
 
 
 class ImageViewSet(viewsets.ModelViewSet):
+    """Images of the caller's projects: register by reference, upload an archive, pull onto
+    hosts (an Operation per host), collect garbage on hosts, certification report, and the
+    project's registry credentials (write-only passwords)."""
+
     queryset = Image.objects.none()  # for the schema; get_queryset scopes
     serializer_class = ImageSerializer
     filterset_class = ImageFilterSet
@@ -253,15 +267,108 @@ class ImageViewSet(viewsets.ModelViewSet):
     http_method_names = ["get", "post", "delete", "head", "options"]
 
     def get_queryset(self) -> QuerySet[Image]:
-        return selectors.image_list(self.request.user)
+        image_services.image_pulls_sync()
+        return selectors.image_list(self.request.user).prefetch_related("locations__host")
 
-    def perform_create(self, serializer: ImageSerializer) -> None:
-        require_role(self.request, serializer.validated_data["project"], Role.OPERATOR)
-        serializer.save()
+    def _project(self, project: Project) -> Project:
+        if not selectors.project_list(self.request.user).filter(pk=project.pk).exists():
+            raise ValidationError({"project": [f"Object with slug={project.slug} does not exist."]})
+        require_role(self.request, project, Role.OPERATOR)
+        return project
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        image = image_services.image_register(
+            user=request.user,
+            project=self._project(data["project"]),
+            reference=data["reference"],
+            registry_url=data.get("registry_url", ""),
+        )
+        return Response(self.get_serializer(image).data, status=status.HTTP_201_CREATED)
 
     def perform_destroy(self, instance: Image) -> None:
         require_role(self.request, instance.project, Role.OPERATOR)
+        if instance.containers.filter(removed_at__isnull=True).exists():
+            raise CorralError(
+                f"Image {instance.reference} is used by live containers.", field="image"
+            )
         instance.delete()
+
+    @extend_schema(request=ImageUploadSerializer, responses=ImageSerializer(many=True))
+    @action(detail=False, methods=["post"], parser_classes=[MultiPartParser, FormParser])
+    def upload(self, request: Request) -> Response:
+        params = ImageUploadSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        project = self._project(data["project"])
+        with tempfile.NamedTemporaryFile(suffix=".tar") as tmp:
+            for chunk in data["archive"].chunks():
+                tmp.write(chunk)
+            tmp.flush()
+            images = image_services.image_upload(
+                user=request.user,
+                project=project,
+                archive=Path(tmp.name),
+                name=data["name"],
+                tag=data["tag"],
+            )
+        body = self.get_serializer(images, many=True).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=ImagePullSerializer, responses=OperationSerializer(many=True))
+    @action(detail=True, methods=["post"])
+    def pull(self, request: Request, pk: str | None = None) -> Response:
+        image = self.get_object()
+        require_role(request, image.project, Role.OPERATOR)
+        params = ImagePullSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        ops = image_services.image_pull(
+            user=request.user, image=image, hosts=list(params.validated_data["hosts"])
+        )
+        return Response(OperationSerializer(ops, many=True).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses=OperationSerializer(many=True))
+    @action(detail=True, methods=["post"])
+    def gc(self, request: Request, pk: str | None = None) -> Response:
+        image = self.get_object()
+        require_role(request, image.project, Role.OPERATOR)
+        ops = image_services.image_gc(user=request.user, image=image)
+        return Response(OperationSerializer(ops, many=True).data, status=status.HTTP_202_ACCEPTED)
+
+    @action(detail=True, methods=["get"])
+    def certification(self, request: Request, pk: str | None = None) -> Response:
+        return Response(cert_services.image_report(self.get_object()))
+
+    @extend_schema(
+        request=RegistryCredentialSerializer,
+        responses=RegistryCredentialSerializer(many=True),
+        parameters=[OpenApiParameter("project", str), OpenApiParameter("registry", str)],
+    )
+    @action(detail=False, methods=["get", "post", "delete"])
+    def credentials(self, request: Request) -> Response:
+        if request.method == "POST":
+            params = RegistryCredentialSerializer(data=request.data)
+            params.is_valid(raise_exception=True)
+            data = dict(params.validated_data)
+            project = self._project(data.pop("project"))
+            require_role(request, project, Role.ADMIN)
+            cred = image_services.credential_set(user=request.user, project=project, **data)
+            body = RegistryCredentialSerializer(cred).data
+            return Response(body, status=status.HTTP_201_CREATED)
+        slug = request.query_params.get("project", "")
+        project = selectors.project_list(request.user).filter(slug=slug).first()
+        if project is None:
+            raise ValidationError({"project": [f"Object with slug={slug} does not exist."]})
+        rows = RegistryCredential.objects.filter(project=project).select_related("project")
+        if request.method == "DELETE":
+            require_role(request, project, Role.ADMIN)
+            registry = request.query_params.get("registry", "")
+            if not rows.filter(registry=registry).delete()[0]:
+                raise ValidationError({"registry": [f"No credentials for {registry!r}."]})
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(RegistryCredentialSerializer(rows, many=True).data)
 
 
 class OperationViewSet(viewsets.ReadOnlyModelViewSet):
