@@ -182,3 +182,31 @@ def test_full_disk_fails_with_disk_full_and_removes_staging(
         assert "rolled back: nothing of this attempt is left on the host" in messages
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+@pytest.mark.slow
+def test_enrollment_failure_after_the_swap_removes_the_new_install_and_the_host(
+    sshd: SSHHost, django_capture_on_commit_callbacks: Any, settings: Any
+) -> None:
+    """The bundle is staged, the venv built and swapped in; then the control plane cannot be
+    reached from the host. The rollback removes everything, including the pending Host."""
+    from hosts.models import Host
+
+    closed = socket.socket()
+    closed.bind((sshd.host_side, 0))  # bound, never listening: connections are refused
+    try:
+        settings.CORRAL = {
+            **settings.CORRAL, "PUBLIC_URL": f"http://{sshd.host_side}:{closed.getsockname()[1]}"
+        }  # fmt: skip
+        target = add_target(sshd)
+        op = run_install(target, django_capture_on_commit_callbacks)
+    finally:
+        closed.close()
+    assert (op.error_code, op.step) == ("enrollment_failed", "enroll"), op.error
+    assert "cannot reach the control plane" in op.error
+    messages = [e.message for e in op.events.all()]
+    assert messages.index("swap in new version") < messages.index("enroll")
+    assert "rollback: remove new install" in messages
+    assert_nothing_left(target)
+    assert not Host.objects.filter(name=target.name).exists()
+    assert "crl_" not in " ".join(str(e.data) + e.message for e in op.events.all())
