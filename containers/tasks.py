@@ -13,15 +13,15 @@ from django.conf import settings
 from django.utils import timezone
 
 from agent.protocol import names
-from agent.protocol.messages import ContainerEvent, Heartbeat, OperationResult
+from agent.protocol.messages import ContainerEvent, OperationResult
 from containers import services
 from hosts import services as host_services
+from hosts.ingest import HeartbeatIngestor
 from hosts.reports import ReportRejected, verify_report
 
 logger = logging.getLogger(__name__)
 
 _last_housekeeping = 0.0
-_last_missing_check: dict[str, float] = {}
 
 
 def _housekeeping() -> None:
@@ -36,31 +36,16 @@ def _housekeeping() -> None:
     host_services.hosts_liveness_sweep()
 
 
+# Per worker process: what it last applied of each host's container list. The same
+# per-batch code as the dedicated consumer (manage.py ingest_heartbeats), with a batch of one.
+_heartbeats = HeartbeatIngestor(containers=services.containers_apply_heartbeat)
+
+
 @shared_task(name=names.CP_HEARTBEAT, ignore_result=True)
 def heartbeat_report(message: Any) -> None:
-    try:
-        host, beat = verify_report(message, names.CP_HEARTBEAT, cached=True)
-    except ReportRejected as exc:
-        logger.warning("heartbeat rejected: %s", exc)
-        return
-    assert isinstance(beat, Heartbeat)
-    fresh = host_services.host_heartbeat_record(
-        host,
-        seq=beat.seq,
-        agent_version=beat.agent_version,
-        load1=beat.load1,
-        memory_available=beat.memory_available,
-        memory_total=beat.memory_total,
-    )
-    if fresh:
-        key = str(host.pk)
-        check_missing = (
-            time.monotonic() - _last_missing_check.get(key, 0.0)
-            > (settings.CORRAL["HEARTBEAT_INTERVAL"])
-        )
-        if check_missing:
-            _last_missing_check[key] = time.monotonic()
-        services.containers_apply_heartbeat(host, beat.containers, check_missing=check_missing)
+    """One heartbeat: verified against its host's key, recorded (no row per beat), container
+    states applied when the host's list changed. The batch path is the heartbeat queue."""
+    _heartbeats.ingest([message])
     _housekeeping()
 
 
