@@ -142,7 +142,7 @@ def unit_value(path: Path, section: str, key: str) -> str:
 
 
 def expand_specifiers(value: str, *, hostname: str) -> str:
-    """The systemd specifiers our units use: %% and %H (the host name)."""
+    """The systemd specifiers our units use: %% (a literal %) and %H (the host name)."""
     out, index = [], 0
     while index < len(value):
         char = value[index]
