@@ -50,6 +50,14 @@ class EchoUpstream(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:
+        """Answers before reading the body: what reached us is what nginx let through."""
+        self.send_response(202)
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
     def _stream(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
@@ -220,3 +228,31 @@ def test_log_follow_lines_pass_through_unbuffered(nginx: NginxSite) -> None:
     print(f"first line via nginx: logs {follow * 1e3:.0f} ms, other path {buffered * 1e3:.0f} ms")
     assert follow < STREAM_HOLD / 2
     assert buffered >= STREAM_HOLD * 0.9
+
+
+def post_head(site: NginxSite, path: str, length: int) -> int:
+    """POST headers announcing ``length`` bytes and a first kilobyte; the answer's status."""
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", site.https_port, context=tls_context(site.cert), timeout=10
+    )
+    conn.putrequest("POST", path, skip_host=True)
+    conn.putheader("Host", SITE_NAME)
+    conn.putheader("Content-Type", "application/octet-stream")
+    conn.putheader("Content-Length", str(length))
+    conn.endheaders(b"\0" * 1024)
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/api/v1/hosts/", 413),  # 100 MiB for ordinary API and form bodies
+        ("/api/v1/images/upload/", 202),  # image archives: no limit, streamed to gunicorn
+    ],
+)
+def test_only_image_uploads_may_be_larger_than_100_mib(
+    nginx: NginxSite, path: str, status: int
+) -> None:
+    assert post_head(nginx, path, 5 * 1024**3) == status
