@@ -43,6 +43,30 @@ TONES = {
 }
 
 
+# Plain-words lead-ins for operation error codes; the agent's own sentence follows.
+ERROR_WORDS = {
+    "host_unavailable": "The host could not be reached",
+    "timed_out": "The command was never sent before its deadline",
+    "lost": "The host did not answer before the deadline",
+    "no_host_fits": "No host could take it",
+    "quota_exceeded": "The project's quota would be exceeded",
+    "image_pull_failed": "The image could not be pulled",
+}
+
+
+def plain_error(code: str, error: str) -> str:
+    """An operation's error as a sentence a person can act on."""
+    lead = ERROR_WORDS.get(code, "")
+    if lead and error:
+        return f"{lead}: {error}"
+    return lead or error
+
+
+@register.filter
+def op_error(op: Any) -> str:
+    return plain_error(str(getattr(op, "error_code", "")), str(getattr(op, "error", "")))
+
+
 @register.filter
 def tone(value: Any) -> str:
     """CSS tone of a state name (``badge-good`` etc.)."""

@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
+from urllib.parse import urlencode
 
+from django.conf import settings
+from django.contrib.auth.decorators import login_required as django_login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Page, Paginator
 from django.http import Http404, HttpRequest, HttpResponse
@@ -55,6 +58,23 @@ def page(
     context.setdefault("current_project", current_project(request))
     context.setdefault("poll", POLL_SECONDS)
     return render(request, template, context, status=status)
+
+
+def login_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Django's login_required, except that an htmx request of an expired session gets an
+    ``HX-Redirect`` to the login page (a plain redirect would swap the login form into the
+    polled fragment)."""
+    wrapped = django_login_required(view)
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if is_htmx(request) and not request.user.is_authenticated:
+            current = request.headers.get("HX-Current-URL", "/")
+            target = f"{settings.LOGIN_URL}?{urlencode({'next': current})}"
+            return HttpResponse(status=204, headers={"HX-Redirect": target})
+        return wrapped(request, *args, **kwargs)
+
+    return wrapper
 
 
 def staff_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:

@@ -9,7 +9,6 @@ import uuid
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
@@ -31,6 +30,7 @@ from frontend.views.common import (
     current_project,
     errors_from,
     is_htmx,
+    login_required,
     page,
     paginate,
     query_without_page,

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.decorators import login_required
 from django.db.models import Count, Q, Sum
 from django.http import HttpRequest, HttpResponse
 
 from containers import selectors
 from containers.choices import ObservedState
 from containers.models import ContainerEvent
-from frontend.views.common import page
+from frontend.views.common import login_required, page
 from frontend.views.hosts import hosts_visible
 from hosts.choices import CertificationStatus, HostStatus
 

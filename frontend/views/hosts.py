@@ -9,7 +9,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 from django.db.models.deletion import ProtectedError
@@ -21,7 +20,7 @@ from agent.protocol import names
 from agent.protocol.messages import CollectInventory
 from containers import selectors as container_selectors
 from containers.models import Project
-from frontend.views.common import page, paginate, query_without_page, staff_required
+from frontend.views.common import login_required, page, paginate, query_without_page, staff_required
 from hosts import dispatch, services
 from hosts.choices import CertificationStatus, HostStatus
 from hosts.filtersets import HostFilterSet

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from django.contrib.auth.decorators import login_required
 from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
@@ -17,9 +16,11 @@ from containers import selectors, services
 from containers.filtersets import ImageFilterSet
 from containers.models import Membership
 from containers.permissions import role_in
+from frontend.templatetags.corral import ERROR_WORDS, plain_error
 from frontend.views.common import (
     SESSION_PROJECT,
     current_project,
+    login_required,
     page,
     paginate,
     query_without_page,
@@ -31,22 +32,6 @@ from hosts.filtersets import OperationFilterSet
 from hosts.models import AuditEntry
 
 QUERY_KINDS = (names.AGENT_CONTAINER_LOGS, names.AGENT_CONTAINER_STATS)
-
-# Plain-words lead-ins for operation error codes; the agent's own sentence follows.
-ERROR_WORDS = {
-    "host_unavailable": "The host could not be reached",
-    "timed_out": "The command was never sent before its deadline",
-    "lost": "The host did not answer before the deadline",
-    "no_host_fits": "No host could take it",
-    "quota_exceeded": "The project's quota would be exceeded",
-}
-
-
-def plain_error(code: str, error: str) -> str:
-    lead = ERROR_WORDS.get(code, "")
-    if lead and error:
-        return f"{lead}: {error}"
-    return lead or error
 
 
 @require_POST

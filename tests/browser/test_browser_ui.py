@@ -115,6 +115,11 @@ def test_filters_update_the_container_list_in_place(
     )
     assert "web-a" in page.inner_text("[data-testid=container-table]")
     assert "q=web-a" in page.url  # the filter is in the address bar (shareable, back works)
+    # The 2 s poll refreshes the same filtered list (it asks for the current address).
+    with page.expect_response(lambda r: "/containers/?" in r.url and "q=web-a" in r.url):
+        pass
+    rows = page.locator("[data-testid=container-table] tbody tr")
+    assert rows.count() == 1
     assert page.evaluate("window.__notReloaded") is True
     assert console.errors == []
 

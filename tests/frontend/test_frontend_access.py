@@ -169,3 +169,29 @@ def test_projects_page_shows_members_roles_and_usage(fleet: dict[str, Any]) -> N
     assert "1 / 10" in body  # one live container of a 10-container quota
     listing = client_for(fleet["op_a"]).get("/projects/").content.decode()
     assert "proj-a" in listing and "proj-b" not in listing
+
+
+def test_htmx_poll_after_logout_redirects_the_whole_page_to_login(fleet: dict[str, Any]) -> None:
+    response = Client().get(
+        "/containers/", HTTP_HX_REQUEST="true", HTTP_HX_CURRENT_URL="http://testserver/containers/"
+    )
+    assert response.status_code == 204
+    assert response["HX-Redirect"].startswith("/login/?next=http")
+
+
+def test_operations_feed_explains_errors_in_plain_words(fleet: dict[str, Any]) -> None:
+    Operation.objects.create(
+        kind="agent.containers.create",
+        project_slug="proj-a",
+        status="failed",
+        error_code="host_unavailable",
+        error="host node-2 is offline",
+    )
+    Operation.objects.create(kind="agent.containers.logs", project_slug="proj-a")
+    client = client_for(fleet["op_a"])
+    body = client.get("/operations/").content.decode()
+    assert "The host could not be reached: host node-2 is offline" in body
+    assert "agent.containers.logs" not in body  # queries are hidden unless asked for
+    assert "agent.containers.logs" in client.get("/operations/?queries=1").content.decode()
+    assert "node-2 is offline" in client.get("/operations/?status=failed").content.decode()
+    assert "node-2 is offline" not in client.get("/operations/?status=succeeded").content.decode()

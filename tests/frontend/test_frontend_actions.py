@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.db import NotSupportedError, connection
 from django.test import Client
 
 from containers.models import Container
@@ -15,17 +14,6 @@ from tests.frontend.actors import client_for
 
 pytestmark = pytest.mark.django_db
 HTMX = {"HTTP_HX_REQUEST": "true"}
-
-# containers.services.container_action locks with select_for_update() across the nullable
-# host join, which PostgreSQL refuses ("FOR UPDATE cannot be applied to the nullable side of an
-# outer join"); select_for_update(of=("self",)) fixes it. Owned by the containers app; these
-# tests pass on SQLite and will pass on PostgreSQL once that line is fixed.
-action_lock_bug = pytest.mark.xfail(
-    connection.vendor == "postgresql",
-    reason="container_action's FOR UPDATE over an outer join fails on PostgreSQL",
-    raises=NotSupportedError,
-    strict=False,
-)
 
 
 def form(**overrides: str) -> dict[str, str]:
@@ -120,7 +108,6 @@ def test_viewer_cannot_create_containers(fleet: dict[str, Any]) -> None:
     assert "may not create" in field_error(response.content.decode(), "project")
 
 
-@action_lock_bug
 def test_stop_action_returns_its_operation_and_sets_desired_state(fleet: dict[str, Any]) -> None:
     c_a = fleet["c_a"]
     response = client_for(fleet["op_a"]).post(f"/containers/{c_a.pk}/stop/", **HTMX)
@@ -133,7 +120,6 @@ def test_stop_action_returns_its_operation_and_sets_desired_state(fleet: dict[st
     assert c_a.desired_state == "stopped"
 
 
-@action_lock_bug
 def test_removing_a_running_container_is_refused_in_plain_words(fleet: dict[str, Any]) -> None:
     c_a = fleet["c_a"]
     client = client_for(fleet["op_a"])
