@@ -20,16 +20,18 @@ from tests.deploy.harness import DEPLOY, read_env_file, substitute
 from tests.support.procs import REPO
 
 ENV_EXAMPLE = DEPLOY / "env.example"
+AGENT_ENV_EXAMPLE = DEPLOY / "agent.env.example"
 # Code of the control plane that may read the environment (the agent has its own, per host).
 SOURCE_DIRS = ("config", "hosts", "containers", "frontend")
 
 
-def python_sources() -> Iterator[Path]:
-    for directory in SOURCE_DIRS:
+def python_sources(directories: tuple[str, ...] = SOURCE_DIRS) -> Iterator[Path]:
+    for directory in directories:
         for path in sorted((REPO / directory).rglob("*.py")):
             if "migrations" not in path.parts and "tests" not in path.parts:
                 yield path
-    yield DEPLOY / "gunicorn.conf.py"
+    if directories == SOURCE_DIRS:
+        yield DEPLOY / "gunicorn.conf.py"
 
 
 def _const_str(node: ast.AST) -> str | None:
@@ -44,12 +46,29 @@ def _is_environ(node: ast.AST) -> bool:
 
 
 def variables_read(path: Path) -> set[str]:
-    """Names passed as a literal to ``env_*()``/``_env_*()``/``_raw()`` (config/env.py and
-    gunicorn.conf.py), ``os.environ.get()``, ``os.getenv()`` or ``os.environ[...]``."""
+    """Names passed to ``env_*()``/``_env_*()``/``_raw()`` (config/env.py and gunicorn.conf.py),
+    ``os.environ.get()``, ``os.getenv()`` or ``os.environ[...]``, as a literal or as a module
+    constant (``ENV_VAR = "CORRAL_CGROUP_DRIVER"``)."""
+    tree = ast.parse(path.read_text(), str(path))
+    constants = {
+        target.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign | ast.AnnAssign)
+        and node.value is not None
+        and _const_str(node.value) is not None
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Name)
+    }
+
+    def literal(node: ast.AST) -> str | None:
+        if isinstance(node, ast.Name):
+            return constants.get(node.id)
+        return _const_str(node)
+
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Subscript) and _is_environ(node.value):
-            name = _const_str(node.slice)
+            name = literal(node.slice)
         elif isinstance(node, ast.Call) and node.args:
             func = node.func
             called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
@@ -59,7 +78,7 @@ def variables_read(path: Path) -> set[str]:
                 or (called == "getenv" and isinstance(func, ast.Attribute))
                 or (called == "get" and isinstance(func, ast.Attribute) and _is_environ(func.value))
             )
-            name = _const_str(node.args[0]) if reads else None
+            name = literal(node.args[0]) if reads else None
         else:
             continue
         if name is not None:
@@ -67,9 +86,9 @@ def variables_read(path: Path) -> set[str]:
     return names
 
 
-def all_variables_read() -> dict[str, Path]:
+def all_variables_read(directories: tuple[str, ...] = SOURCE_DIRS) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for path in python_sources():
+    for path in python_sources(directories):
         for name in variables_read(path):
             found.setdefault(name, path.relative_to(REPO))
     return found
@@ -95,10 +114,19 @@ def test_env_example_lists_nothing_that_is_not_read() -> None:
     assert not stale, f"deploy/env.example lists variables nothing reads: {sorted(stale)}"
 
 
-def test_every_variable_is_explained_with_its_default_or_that_it_is_required() -> None:
+def test_every_variable_the_agent_reads_is_in_agent_env_example_and_nothing_else() -> None:
+    read = all_variables_read(("agent",))
+    assert read["CORRAL_CGROUP_DRIVER"] == Path("agent/runtime/cgroups/detect.py")  # a constant
+    assert set(read) == set(read_env_file(AGENT_ENV_EXAMPLE))
+
+
+@pytest.mark.parametrize("example", [ENV_EXAMPLE, AGENT_ENV_EXAMPLE], ids=lambda p: p.name)
+def test_every_variable_is_explained_with_its_default_or_that_it_is_required(
+    example: Path,
+) -> None:
     comment: list[str] = []
     previous_was_comment = False
-    for line in ENV_EXAMPLE.read_text().splitlines():
+    for line in example.read_text().splitlines():
         if line.startswith("#"):
             if not previous_was_comment:
                 comment = []
