@@ -352,7 +352,7 @@ def _image_checks(agent: Agent, record: Any, reference: str) -> list[dict[str, A
     from agent.certification.image_rootfs import merged_rootfs
 
     layers = agent.images.layers_for(record)
-    with merged_rootfs(layers, Path(agent.config.state_dir) / "images" / "tmp") as rootfs:
+    with merged_rootfs(layers, Path(agent.config.state_dir) / "image-checks") as rootfs:
         findings = run_image_checks(
             rootfs, dict(record.config), list(record.layers), _image_tags(reference)
         )

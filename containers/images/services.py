@@ -231,16 +231,25 @@ def image_pulls_sync() -> int:
 # --- uploads -------------------------------------------------------------------------------
 
 
+def _split_name(found: str) -> tuple[str, str]:
+    """(repository, tag) of a name found in an archive. A bare word is a tag (the OCI
+    convention for ``org.opencontainers.image.ref.name``); a registry host is dropped."""
+    found = found.split("@", 1)[0]
+    if "/" not in found and ":" not in found:
+        return "", found
+    repo, _, tag = found.rpartition(":")
+    if "/" in tag or not repo:
+        repo, tag = found, ""
+    if registry_of(repo) != "docker.io":
+        repo = repo.split("/", 1)[1]
+    repo = repo.removeprefix("docker.io/").removeprefix("library/")
+    return repo, tag
+
+
 def _name_and_tag(parsed: ParsedImage, name: str, tag: str) -> tuple[str, str]:
-    if not name and parsed.names:
-        first = parsed.names[0].split("@", 1)[0]
-        repo, _, found_tag = first.rpartition(":")
-        if "/" in found_tag or not repo:
-            repo, found_tag = first, ""
-        name = repo.rsplit("/", 1)[-1] if registry_of(repo) != "docker.io" else repo
-        name = name.removeprefix("docker.io/").removeprefix("library/")
-        tag = tag or found_tag
-    tag = tag or "latest"
+    found_name, found_tag = _split_name(parsed.names[0]) if parsed.names else ("", "")
+    name = name or found_name
+    tag = tag or found_tag or "latest"
     if not name or not NAME_RE.match(name):
         raise CorralError(f"name: {name!r} is not a repository name; give one.", field="name")
     if not TAG_RE.match(tag):

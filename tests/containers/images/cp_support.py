@@ -63,10 +63,19 @@ def passing_image() -> BuiltImage:
     return build_image([busybox_entries()])
 
 
+DPKG_STATUS = (
+    b"Package: telnetd\nStatus: install ok installed\nVersion: 0.17\n\n"
+    b"Package: busybox\nStatus: install ok installed\nVersion: 1.36\n"
+)
+
+
 def failing_image() -> BuiltImage:
-    """Runs as root and carries a world-writable setuid file: fails E003 and E008."""
+    """Runs as root (E003), has the prohibited telnetd installed (E007), and ships a
+    world-writable setuid file (which the agent's unpacker neutralises: o+w is dropped)."""
     evil = [Entry("usr", "dir"), Entry("usr/bin", "dir")]
     evil.append(Entry("usr/bin/evil", data=b"#!/bin/sh\n", mode=0o4777))
+    evil += [Entry("var", "dir"), Entry("var/lib", "dir"), Entry("var/lib/dpkg", "dir")]
+    evil.append(Entry("var/lib/dpkg/status", data=DPKG_STATUS))
     return build_image([busybox_entries(), evil], config_extra={"User": ""})
 
 
