@@ -68,7 +68,13 @@ download_debs() {
   local d=$CACHE/downloads kpkg
   mkdir -p "$d"
   kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null \
-         | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+         | awk '/Depends: linux-image-[0-9]/{print $2; exit}' || true)
+  if [ -z "$kpkg" ]; then  # a fresh machine may have no apt lists yet
+    say "apt knows no linux-image-amd64: running apt-get update"
+    apt-get update -qq >&2 || die "step kernel: apt-get update failed"
+    kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null \
+           | awk '/Depends: linux-image-[0-9]/{print $2; exit}' || true)
+  fi
   [ -n "$kpkg" ] || die "step kernel: apt-cache knows no linux-image-amd64 (run apt-get update)"
   if ! ls "$d/${kpkg}"_*.deb >/dev/null 2>&1; then
     (cd "$d" && apt-get download "$kpkg" 2>&1 | grep -v unsandboxed >&2) \

@@ -16,7 +16,14 @@ from agent.runtime.runtime import Runtime
 
 def main() -> int:
     root, jobs, ready = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-    report: dict[str, object] = {"agent_pid": os.getpid(), "pids": {}, "error": None}
+    with open("/proc/self/attr/current", "rb") as fh:
+        context = fh.read().rstrip(b"\0\n").decode()
+    report: dict[str, object] = {
+        "agent_pid": os.getpid(),
+        "context": context,
+        "pids": {},
+        "error": None,
+    }
     try:
         rt = Runtime(root)
         pids: dict[str, int] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -19,6 +20,7 @@ from scenario.common import BUSYBOX, STATE_DIR, Context, import_or_skip, read_la
 BASE = STATE_DIR / "runtime"
 RUNTIME_ROOT = "/run/corral-guest-runtime"
 PROJECT = "guestproj"
+ENGINE_CONTEXT = "system_u:system_r:container_engine_t:s0"
 APPLETS = ("sh", "cat", "sleep", "echo", "id", "ls")
 
 
@@ -92,6 +94,43 @@ def _check_running(ctx: Context, rt: Any, se: Any, cid: str, level: str, name: s
     return pid
 
 
+def _cross_read_denied(ctx: Context, made: list[tuple[str, Path, str, str]]) -> None:
+    """A process with container A's actual label cannot read the file B wrote (and can read
+    A's own): the MCS check on the real labels the runtime produced."""
+    (cid_a, bundle_a, _, name_a), (_, bundle_b, _, name_b) = made[0], made[1]
+    with open(f"/proc/{_pid_of(cid_a)}/attr/current", "rb") as fh:
+        label_a = fh.read().rstrip(b"\0\n").decode()
+    for target, expect_ok in ((bundle_a, True), (bundle_b, False)):
+        path = target.parent / "upper" / "mine"
+        proc = subprocess.run(
+            [str(BASE / "lower" / "bin" / "busybox"), "cat", str(path)],
+            preexec_fn=lambda: _set_exec(label_a),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        out = (proc.stdout + proc.stderr).strip()
+        ctx.log(f"{name_a} ({label_a}) reads {path}: rc={proc.returncode} {out!r}")
+        if expect_ok:
+            assert proc.returncode == 0, f"{name_a} cannot read its own file: {out!r}"
+        else:
+            assert "Permission denied" in out, f"{name_a} read {name_b}'s file: {out!r}"
+
+
+def _pid_of(cid: str) -> int:
+    rt_mod = import_or_skip("agent.runtime.runtime")
+    return int(rt_mod.Runtime(RUNTIME_ROOT).state(cid)["pid"])
+
+
+def _set_exec(label: str) -> None:
+    fd = os.open("/proc/self/attr/exec", os.O_WRONLY)
+    try:
+        os.write(fd, label.encode())
+    finally:
+        os.close(fd)
+
+
 def _cleanup(rt: Any, ids: list[str]) -> None:
     for cid in ids:
         try:
@@ -123,6 +162,7 @@ def containers_with_mcs(ctx: Context) -> str:
             got = os.getxattr(mine, "security.selinux").rstrip(b"\0").decode()
             ctx.log(f"{name} wrote {mine}: {got}")
             assert got.endswith(f":{level}"), f"{name}'s file is {got}, not level {level}"
+        _cross_read_denied(ctx, made)
     finally:
         _cleanup(rt, [m[0] for m in made])
         for name in ("rt-a", "rt-b"):
@@ -150,7 +190,11 @@ def agent_restart(ctx: Context) -> str:
         ready.unlink(missing_ok=True)
         argv = [
             "systemd-run", f"--unit={unit}", "--property=KillMode=process",
-            "--property=Delegate=yes", f"--setenv=PYTHONPATH={os.environ.get('PYTHONPATH', '')}",
+            "--property=Delegate=yes",
+            # As a deployed agent must: a transient unit runs as initrc_t, which the policy
+            # denies the nnp_transition into container_t (noNewPrivileges containers).
+            f"--property=SELinuxContext={ENGINE_CONTEXT}",
+            f"--setenv=PYTHONPATH={os.environ.get('PYTHONPATH', '')}",
             "--working-directory=/opt/corral/payload", sys.executable, "-m",
             "scenario.agent_stand_in", RUNTIME_ROOT, json.dumps(jobs), str(ready),
         ]  # fmt: skip
@@ -163,8 +207,16 @@ def agent_restart(ctx: Context) -> str:
             )
             time.sleep(0.5)
         report = json.loads(ready.read_text())
-        ctx.log(f"agent stand-in (pid {report['agent_pid']}) started {report['pids']}")
+        ctx.log(
+            f"agent stand-in (pid {report['agent_pid']}, {report.get('context')}) started "
+            f"{report['pids']}"
+        )
         assert report.get("error") is None, f"agent stand-in failed: {report['error']}"
+        for cid in ids:  # running before the stop, so a failure below is the stop's doing
+            state = rt.state(cid)
+            label = read_label(state["pid"]) if state.get("pid") else "-"
+            ctx.log(f"before the stop: {cid} {state.get('status')} pid {state.get('pid')} {label}")
+            assert state.get("status") == "running", f"{cid} did not start: {_journal(unit)}"
         stopped = run(["systemctl", "stop", unit])
         assert stopped.returncode == 0, f"systemctl stop failed: {stopped.stderr.strip()}"
         assert not Path(f"/proc/{report['agent_pid']}").exists(), "the agent did not stop"
