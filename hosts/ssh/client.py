@@ -228,7 +228,8 @@ class Session:
                         stdout=out.decode(errors="replace"),
                         stderr=err.decode(errors="replace"),
                     )
-                select.select([channel], [], [], min(remaining, 0.5))
+                # The exit status does not wake select(): poll it at a short interval.
+                select.select([channel], [], [], min(remaining, 0.02))
             status = channel.recv_exit_status()
         finally:
             channel.close()
