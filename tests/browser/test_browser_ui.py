@@ -77,6 +77,12 @@ def test_create_form_shows_field_errors_and_keeps_values(
     page.click("button:has-text('Create container')")
     assert "at least" in page.inner_text("#err-memory_limit")
     assert not page.is_visible("#err-env")
+    screenshot(page, "container-new-errors")
+    # A host container has no image: the field goes away while that mode is chosen.
+    page.check("input[name=mode][value=host]")
+    assert not page.is_visible("#f-image")
+    page.check("input[name=mode][value=image]")
+    assert page.is_visible("#f-image")
     assert console.errors == []
 
 

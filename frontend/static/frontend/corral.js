@@ -8,6 +8,20 @@
       el.form.submit();
     }
   });
+  // The container form: a host container runs the host's userspace, so it has no image.
+  function syncMode() {
+    var checked = document.querySelector("input[name=mode]:checked");
+    var image = document.getElementById("f-image");
+    if (!checked || !image) return;
+    var field = image.closest(".field");
+    field.hidden = checked.value === "host";
+    image.disabled = checked.value === "host";
+  }
+  document.addEventListener("change", function (event) {
+    if (event.target.name === "mode") syncMode();
+  });
+  document.addEventListener("DOMContentLoaded", syncMode);
+
   // Copy buttons: data-copy="#selector" copies that element's text.
   document.addEventListener("click", function (event) {
     var button = event.target.closest ? event.target.closest("[data-copy]") : null;
