@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
@@ -32,6 +33,10 @@ from agent.runtime.security import apply_process_security, install_seccomp
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SYNC_TIMEOUT = 30.0
+# (step, ms) of the last start, reported by the children with "pid" and "ready" so the
+# shim can record where the time of a start went.
+_TIMINGS: list[tuple[str, float]] = []
+LAST_TIMINGS: list[tuple[str, float]] = []
 
 
 class CgroupLike(Protocol):
@@ -84,6 +89,8 @@ def spawn(linux: Linux, launch: Launch, cgroup: CgroupLike | None) -> int:
     """Start the container process; returns its host pid once it is ``ready``."""
     linux.prctl(PR_SET_CHILD_SUBREAPER, 1)  # the init is re-parented to us when stage 1 exits
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    _TIMINGS.clear()
+    t0 = time.perf_counter()
     stage1 = os.fork()
     if stage1 == 0:
         parent_sock.close()
@@ -92,6 +99,7 @@ def spawn(linux: Linux, launch: Launch, cgroup: CgroupLike | None) -> int:
     sync = Sync(parent_sock)
     init_pid = 0
     ready = False
+    LAST_TIMINGS.clear()
     try:
         if cgroup is not None:
             _cgroup_apply(cgroup, stage1)
@@ -100,6 +108,9 @@ def spawn(linux: Linux, launch: Launch, cgroup: CgroupLike | None) -> int:
             msg = sync.recv()
             if "error" in msg:
                 raise RuntimeFailure.from_dict(msg["error"])
+            LAST_TIMINGS.extend((str(n), float(ms)) for n, ms in msg.get("timings", []))
+            kind = next((k for k in ("idmap", "pid", "ready") if k in msg), "other")
+            LAST_TIMINGS.append((f"spawn.{kind} at", round((time.perf_counter() - t0) * 1000, 3)))
             if msg.get("idmap"):
                 namespaces.write_id_maps(linux, stage1, launch.config)
                 sync.send(mapped=True)
@@ -161,11 +172,11 @@ def _stage1(linux: Linux, launch: Launch, sync: Sync) -> NoReturn:
             sync.recv()
             _become_namespace_root(linux, config)
         if not launch.join_only:
-            namespaces.unshare_rest(linux, config)
+            _step("namespaces.unshare", lambda: namespaces.unshare_rest(linux, config))
         pid = os.fork()
         if pid == 0:
             _init(linux, launch, sync)
-        sync.send(pid=pid)
+        sync.send(pid=pid, timings=_TIMINGS)
         os._exit(0)
     except BaseException as exc:
         _report_and_exit(sync, exc, "stage1")
@@ -185,10 +196,11 @@ def _init(linux: Linux, launch: Launch, sync: Sync) -> NoReturn:
     channel: Sync | None = sync
     config = launch.config
     process = config.process
+    _TIMINGS.clear()
+    rootfs = Rootfs(linux, config, selinux=launch.selinux)
     try:
         os.setsid()
         if not launch.join_only:
-            rootfs = Rootfs(linux, config, selinux=launch.selinux)
             rootfs.setup()
             if config.hostname:
                 _step("hostname", lambda: linux.sethostname(config.hostname))
@@ -206,7 +218,7 @@ def _init(linux: Linux, launch: Launch, sync: Sync) -> NoReturn:
             _step("seccomp", lambda: install_seccomp(linux, seccomp))
         _step("security", lambda: apply_process_security(linux, process))
         _step("process.cwd", lambda: os.chdir(process.cwd))
-        sync.send(ready=True)
+        sync.send(ready=True, timings=rootfs.timings + _TIMINGS)
         sync.close()
         channel = None
         if launch.exec_fifo_fd is not None:
@@ -221,8 +233,10 @@ def _init(linux: Linux, launch: Launch, sync: Sync) -> NoReturn:
 
 
 def _step(name: str, action: Any) -> None:
+    started = time.perf_counter()
     try:
         action()
+        _TIMINGS.append((name, round((time.perf_counter() - started) * 1000, 3)))
     except RuntimeFailure:
         raise
     except OSError as exc:

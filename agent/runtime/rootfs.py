@@ -13,6 +13,7 @@ import contextlib
 import errno
 import functools
 import os
+import time
 from collections.abc import Callable
 
 from agent.runtime.config import Config, Mount
@@ -102,6 +103,7 @@ class Rootfs:
         self.config = config
         self.selinux = selinux
         self.root_fd = -1
+        self.timings: list[tuple[str, float]] = []  # (step, ms): where start time goes
 
     # --- the sequence -------------------------------------------------------------------
     def setup(self) -> None:
@@ -131,10 +133,12 @@ class Rootfs:
 
     # --- steps --------------------------------------------------------------------------
     def _step(self, name: str, action: Callable[[], None]) -> None:
+        started = time.perf_counter()
         try:
             action()
         except OSError as exc:
             raise RuntimeFailure.from_os(name, exc) from None
+        self.timings.append((name, round((time.perf_counter() - started) * 1000, 3)))
 
     def _make_private(self) -> None:
         prop = _PROPAGATION.get(self.config.rootfs_propagation or "rprivate", MS_PRIVATE | MS_REC)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+from agent.runtime import process as process_mod
 from agent.runtime.config import Config
 from agent.runtime.errors import RuntimeFailure
 from agent.runtime.linux import O_PATH, PR_SET_CHILD_SUBREAPER, Linux
@@ -118,6 +119,7 @@ class Shim:
         self.cgroup: Any = None
         self.log: LogWriter | None = None
         self.oom_seen = 0
+        self.timings: list[tuple[str, float]] = []
 
     # --- process set-up -----------------------------------------------------------------
     def detach(self, keep: int) -> None:
@@ -133,15 +135,19 @@ class Shim:
 
     def create(self) -> int:
         """cgroup, pipes, the container process waiting on the exec fifo; returns its pid."""
+        started = time.perf_counter()
         if self.config.cgroups_path:
             self.cgroup = _cgroup_step("cgroup.create", lambda: self._make_cgroup())
+        self.timings.append(("shim.cgroup", round((time.perf_counter() - started) * 1000, 3)))
         max_bytes = int(self.config.annotations.get("run.corral.log.max-bytes", DEFAULT_LOG_MAX))
         self.log = LogWriter(self.dir / LOG, max_bytes)
         fifo_fd = os.open(self.dir / FIFO, O_PATH | os.O_CLOEXEC)
+        started = time.perf_counter()
         try:
             pid = self._spawn(fifo_fd)
         finally:
             os.close(fifo_fd)
+        self.timings.append(("shim.spawn", round((time.perf_counter() - started) * 1000, 3)))
         return pid
 
     def _make_cgroup(self) -> Any:
@@ -353,6 +359,7 @@ def run_shim(
             "cgroups_path": config.cgroups_path,
             "restart_count": 0,
             "exit_code": None,
+            "start_timings": [*shim.timings, *process_mod.LAST_TIMINGS],
         }
         store.write(container_id, state)
         os.write(result_fd, json.dumps({"pid": pid}).encode() + b"\n")

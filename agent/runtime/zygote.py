@@ -1,0 +1,131 @@
+"""The fast path: a small, already-running helper that forks once per container.
+
+The agent is a large process (Celery, crypto, ...); forking it per container costs tens of
+milliseconds and a fresh interpreter costs ~15 ms. So the agent starts this helper once (a
+``python -S`` that imports only the runtime), and sends it ``create`` requests over a
+SOCK_SEQPACKET socket; the helper forks the shim (double fork, as the CLI does) and answers
+with the container's state. ``start``, ``kill`` and ``state`` need no fork and run in the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from agent.runtime.errors import ConfigError, ContainerNotFound, RuntimeFailure
+
+_PKG_ROOT = str(Path(__file__).resolve().parents[2])
+# -S: no site-packages (the runtime needs only the standard library); the agent package is put
+# on sys.path by hand.
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from agent.runtime.zygote import serve; serve(int(sys.argv[2]))"
+)
+
+
+class Zygote:
+    """Client side: one helper process, requests serialised by a lock (the helper is single
+    threaded because it forks)."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self.lock = threading.Lock()
+
+    def ensure_started(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = subprocess.Popen(
+            [self.python, "-S", "-c", _BOOT, _PKG_ROOT, str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            close_fds=True,
+        )
+        theirs.close()
+        self.sock = ours
+        self._call({"op": "ping"})
+
+    def create(self, root: str | Path, container_id: str, bundle: str | Path) -> dict[str, Any]:
+        """Like :meth:`Runtime.create`, forked from the helper; the same errors."""
+        with self.lock:
+            self.ensure_started()
+            request = {"op": "create", "root": str(root), "id": container_id, "bundle": str(bundle)}
+            result: dict[str, Any] = self._call(request)
+            return result
+
+    def _call(self, request: dict[str, Any]) -> Any:
+        assert self.sock is not None
+        self.sock.send(json.dumps(request).encode())
+        data = self.sock.recv(1 << 20)
+        if not data:
+            self.close()
+            raise RuntimeFailure("zygote", "the helper process exited")
+        reply = json.loads(data)
+        error = reply.get("error")
+        if error is None:
+            return reply.get("result")
+        kind = error.get("kind")
+        if kind == "config":
+            raise ConfigError(error["field"], error["message"])
+        if kind == "not_found":
+            raise ContainerNotFound(error["id"])
+        raise RuntimeFailure.from_dict(error)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+
+def serve(fd: int) -> None:
+    """Helper side: answer requests until the agent closes its end."""
+    from agent.runtime.runtime import Runtime
+
+    with contextlib.suppress(ImportError):  # warm what every create needs, once
+        import agent.runtime.cgroups
+        import agent.runtime.selinux  # noqa: F401
+    sock = socket.socket(fileno=fd)
+    runtimes: dict[str, Runtime] = {}
+    while True:
+        data = sock.recv(1 << 20)
+        if not data:
+            return
+        request = json.loads(data)
+        try:
+            if request["op"] == "ping":
+                result: Any = {"pid": os.getpid()}
+            elif request["op"] == "create":
+                rt = runtimes.setdefault(request["root"], Runtime(request["root"]))
+                result = rt.create(request["id"], request["bundle"])
+            else:
+                raise RuntimeFailure("zygote", f"unknown op {request.get('op')!r}")
+            reply: dict[str, Any] = {"result": result}
+        except ConfigError as exc:
+            reply = {"error": {"kind": "config", "field": exc.field, "message": exc.message}}
+        except ContainerNotFound as exc:
+            reply = {"error": {"kind": "not_found", "id": exc.container_id}}
+        except RuntimeFailure as exc:
+            reply = {"error": {"kind": "runtime", **exc.to_dict()}}
+        except Exception as exc:
+            reply = {"error": {"kind": "runtime", "step": "zygote", "detail": repr(exc)}}
+        sock.send(json.dumps(reply).encode())
