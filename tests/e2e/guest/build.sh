@@ -95,6 +95,7 @@ build_base() {
   base=$CACHE/base-$bkey
   BASE=$base/rootfs
   [ -f "$base/DONE" ] && return 0
+  umount_under "$base"
   rm -rf "$base"; mkdir -p "$base"
   mirror=$(apt_mirror)
   say "debootstrap $SUITE from $mirror (a few minutes)"
@@ -240,10 +241,10 @@ install_payload_hooks() {
 label_tree() {
   # Label at build time (setfiles needs /proc in the chroot: libselinux goes via
   # /proc/self/fd); mke2fs -d later copies the security.selinux xattrs into the image.
-  mount -t proc proc "$R/proc"; PROC_MOUNTED=1
+  mount -t proc proc "$R/proc"
   chroot "$R" setfiles -F /etc/selinux/default/contexts/files/file_contexts / \
     || die "step label: setfiles failed"
-  umount "$R/proc"; PROC_MOUNTED=0
+  umount "$R/proc"
   local d ctx
   for d in proc sys dev run tmp; do
     ctx=$(chroot "$R" matchpathcon -n "/$d")
@@ -260,8 +261,17 @@ setxattr() {
     "$1" "$2"
 }
 
+umount_under() {
+  # Anything still mounted below $1 (an interrupted debootstrap or chroot step), deepest
+  # first, before a tree is removed: rm -rf must never walk into a live /proc or /dev.
+  local m
+  awk -v p="$1/" 'index($2, p) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
+}
+
 cleanup() {
-  [ "${PROC_MOUNTED:-0}" = 1 ] && umount "$R/proc" 2>/dev/null
+  umount_under "$CACHE"
   [ -n "${TMP:-}" ] && rm -rf "$TMP"
   return 0
 }
@@ -278,10 +288,11 @@ main() {
     echo "$OUT"; return 0
   fi
   local t0; t0=$(date +%s)
+  trap cleanup EXIT
+  trap 'exit 143' TERM INT
   download_debs
   build_base
   TMP=$(mktemp -d "$CACHE/tmp.XXXXXX")
-  trap cleanup EXIT
   R=$TMP/rootfs
   OUT=$TMP/out; mkdir -p "$OUT"
   say "copying the debootstrap tree"

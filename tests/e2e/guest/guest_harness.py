@@ -74,25 +74,46 @@ class GuestRun:
 
 
 def build_image(timeout: float = 900.0) -> Path:
-    """Run build.sh (a cached image returns at once); the image directory."""
+    """Run build.sh (a cached image returns at once); the image directory.
+
+    build.sh runs in its own process group, which is killed whole if it overruns or the
+    caller is interrupted, so no debootstrap or chroot outlives the test.
+    """
+    proc = subprocess.Popen(
+        ["bash", str(BUILD_SCRIPT)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(
-            ["bash", str(BUILD_SCRIPT)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise GuestError(f"step build: build.sh did not finish within {timeout:g}s") from exc
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
     if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.splitlines()[-25:])
+        tail = "\n".join(err.splitlines()[-25:])
         raise GuestError(f"step build: build.sh exited {proc.returncode}:\n{tail}")
-    image = Path(proc.stdout.strip().splitlines()[-1])
+    image = Path(out.strip().splitlines()[-1])
     for name in ("vmlinuz", "initrd.img", "rootfs.img"):
         if not (image / name).is_file():
             raise GuestError(f"step build: {image / name} is missing")
     return image
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM to our child's own process group (build.sh traps it and unmounts), then
+    SIGKILL if it is still there after 10 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 def make_payload(workdir: Path) -> Path:
