@@ -10,6 +10,7 @@ Every failure is an ``OSError`` carrying the errno.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import resource
 from typing import Final
@@ -232,7 +233,10 @@ class Linux:
         os.setresuid(uid, uid, uid)
 
     def setrlimit(self, name: str, soft: int, hard: int) -> None:
-        resource.setrlimit(getattr(resource, name), (soft, hard))
+        try:
+            resource.setrlimit(getattr(resource, name), (soft, hard))
+        except ValueError as exc:  # the resource module reports EPERM/EINVAL as ValueError
+            raise OSError(errno.EPERM, f"setrlimit {name}: {exc}") from None
 
     def write_file(self, path: str, data: str) -> None:
         """One write(2) of ``data``: how /proc files such as uid_map must be written."""

@@ -23,7 +23,7 @@ from agent.runtime.config import Config, Namespace, Process, load_config
 from agent.runtime.errors import ContainerNotFound, RuntimeFailure
 from agent.runtime.linux import LINUX, NAMESPACE_PROC_NAMES, Linux
 from agent.runtime.process import Launch, Stdio, spawn
-from agent.runtime.shim import cgroup_manager, exit_code_of, run_shim
+from agent.runtime.shim import cgroup_manager, exit_code_of, run_shim, shim_cgroup
 from agent.runtime.state import (
     DEFAULT_ROOT,
     FIFO,
@@ -31,6 +31,7 @@ from agent.runtime.state import (
     StateStore,
     live_status,
     oci_state,
+    proc_start_time,
     write_atomic,
 )
 
@@ -226,6 +227,7 @@ class Runtime:
             self._wait_gone(state)
         if state.get("cgroups_path"):
             self._destroy_cgroup(state["cgroups_path"])
+            self._destroy_shim_cgroup(container_id, state)
         self.store.remove(container_id)
 
     def _wait_gone(self, state: dict[str, Any], timeout: float = 10.0) -> None:
@@ -234,6 +236,19 @@ class Runtime:
             if time.monotonic() > deadline:
                 raise RuntimeFailure("delete", "container process did not die", errno.ETIMEDOUT)
             time.sleep(0.002)
+
+    def _destroy_shim_cgroup(self, container_id: str, state: dict[str, Any]) -> None:
+        """The shim exits right after recording the exit; then its scope can go."""
+        from agent.runtime.cgroups import new_manager
+
+        shim_pid = int(state.get("shim_pid") or 0)
+        deadline = time.monotonic() + 2.0
+        while shim_pid and proc_start_time(shim_pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        with contextlib.suppress(Exception):
+            mgr = new_manager(shim_cgroup(container_id))
+            mgr.destroy()
+            mgr.remove_parent_if_empty()
 
     def _destroy_cgroup(self, cgroups_path: str) -> None:
         from agent.runtime.cgroups import new_manager
@@ -250,6 +265,8 @@ class Runtime:
                     os.kill(pid, signal.SIGKILL)
             try:
                 mgr.destroy()
+                with contextlib.suppress(Exception):
+                    mgr.remove_parent_if_empty()
                 return
             except Exception as exc:
                 if time.monotonic() > deadline:

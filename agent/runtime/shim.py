@@ -27,7 +27,13 @@ from agent.runtime.process import Launch, Stdio, spawn
 from agent.runtime.state import FIFO, LOG, StateStore, proc_start_time
 
 DEFAULT_LOG_MAX = 10 * 1024 * 1024
-SHIM_CGROUP = "/corral.slice/corral-shims.scope"
+SHIM_SLICE = "/corral.slice"  # shims live in <slice>/shim-<id>.scope, like conmon's scopes
+
+
+def shim_cgroup(container_id: str) -> str:
+    return f"{SHIM_SLICE}/shim-{container_id}.scope"
+
+
 _DRAIN_SECONDS = 0.2
 
 
@@ -202,7 +208,7 @@ class Shim:
         with contextlib.suppress(Exception):
             from agent.runtime.cgroups import new_manager
 
-            mgr = new_manager(SHIM_CGROUP)
+            mgr = new_manager(shim_cgroup(self.id))
             mgr.create()
             mgr.apply(os.getpid())
 

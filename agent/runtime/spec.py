@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ def to_oci(spec: ContainerSpec, *, root_path: str, options: SpecOptions) -> dict
                 "inheritable": [],
                 "ambient": [],
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}],
+            "rlimits": [nofile_rlimit()],
             "noNewPrivileges": True,
         },
         "root": {"path": root_path, "readonly": False},
@@ -106,6 +107,14 @@ def to_oci(spec: ContainerSpec, *, root_path: str, options: SpecOptions) -> dict
     elif not options.lower_dirs:
         raise ConfigError("rootfs_layers", "an image container needs at least one layer")
     return config
+
+
+def nofile_rlimit() -> dict[str, Any]:
+    """containerd's 1024:524288, but never above our own hard limit (raising it needs
+    CAP_SYS_RESOURCE, which a host may withhold)."""
+    _, own_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = 524288 if own_hard == resource.RLIM_INFINITY else min(524288, own_hard)
+    return {"type": "RLIMIT_NOFILE", "hard": hard, "soft": min(1024, hard)}
 
 
 def parse_user(user: str | None) -> tuple[int, int]:

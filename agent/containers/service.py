@@ -1,0 +1,251 @@
+"""The agent's container service: what the Celery worker calls for container commands.
+
+It turns a protocol ``ContainerSpec`` into a bundle under ``state_dir/<id>/`` (config.json, an
+empty rootfs mount point, the overlay upper/work dirs or a host container's private dirs) and
+drives the OCI runtime. Creating goes through the zygote (the agent never forks itself); start,
+stop, kill and reads need no fork. Everything is idempotent, and the state lives on disk
+(``spec.json`` here, ``state.json`` written by each container's shim), so after an agent restart
+``list()`` finds the same containers, with exit codes recorded while the agent was down.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import logging
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.protocol.containers import ContainerSpec, ContainerStats, ContainerStatus
+from agent.runtime.errors import ContainerNotFound, RuntimeFailure
+from agent.runtime.runtime import Runtime
+from agent.runtime.spec import SpecOptions, prepare_host_rootfs, to_oci
+from agent.runtime.state import LOG, write_atomic
+from agent.runtime.zygote import Zygote
+
+logger = logging.getLogger(__name__)
+
+SPEC_FILE = "spec.json"
+HISTORY_LOG = "history.log"  # output of earlier runs, kept when a stopped container restarts
+_STATE_MAP = {"created": "created", "running": "running", "stopped": "exited"}
+
+
+class ContainerService:
+    """Containers of this host. ``state_dir`` holds bundles and specs (persistent);
+    ``runtime_root`` is the runtime's ``--root``; ``options`` are this host's spec choices."""
+
+    def __init__(
+        self,
+        state_dir: str | Path,
+        runtime_root: str | Path,
+        *,
+        options: SpecOptions | None = None,
+        use_zygote: bool = True,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.runtime = Runtime(runtime_root)
+        self.options = options or SpecOptions()
+        self.zygote = Zygote() if use_zygote else None
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def create(
+        self, spec: ContainerSpec, rootfs_layers: list[Path] | None = None
+    ) -> ContainerStatus:
+        """Write the bundle and create the container (not started). Creating an id that
+        exists returns its status."""
+        spec.validate()
+        if (self._dir(spec.id) / SPEC_FILE).exists():
+            return self.status(spec.id)
+        with contextlib.ExitStack() as undo:
+            cdir = self._dir(spec.id)
+            cdir.mkdir(parents=True)
+            undo.callback(shutil.rmtree, cdir, True)
+            self._write_bundle(spec, rootfs_layers or [])
+            write_atomic(cdir / SPEC_FILE, json.dumps(spec.to_dict()))
+            self._runtime_create(spec.id)
+            undo.pop_all()
+        logger.info("container %s created", spec.id)
+        return self.status(spec.id)
+
+    def _write_bundle(self, spec: ContainerSpec, layers: builtins.list[Path]) -> None:
+        cdir = self._dir(spec.id)
+        bundle, rootfs = cdir / "bundle", cdir / "rootfs"
+        bundle.mkdir()
+        rootfs.mkdir()
+        extra: dict[str, Any] = {}
+        if spec.mode == "host":
+            prepare_host_rootfs(rootfs, cdir / "private")
+            extra["private_dir"] = str(cdir / "private")
+        else:
+            for name in ("upper", "work"):
+                (cdir / name).mkdir()
+            extra.update(
+                lower_dirs=tuple(str(p) for p in layers),
+                upper_dir=str(cdir / "upper"),
+                work_dir=str(cdir / "work"),
+            )
+        options = _replace(self.options, **extra)
+        config = to_oci(spec, root_path=str(rootfs), options=options)
+        write_atomic(bundle / "config.json", json.dumps(config, indent=1))
+
+    def _runtime_create(self, container_id: str) -> None:
+        bundle = self._dir(container_id) / "bundle"
+        if self.zygote is not None:
+            self.zygote.create(self.runtime.store.root, container_id, bundle)
+        else:
+            self.runtime.create(container_id, bundle)
+
+    def start(self, container_id: str) -> ContainerStatus:
+        """Start a created container, or run a stopped one again. Running: no-op."""
+        self._spec(container_id)
+        state = self._runtime_state(container_id)
+        if state is None or state["status"] == "stopped":
+            if state is not None:
+                self._archive_and_delete(container_id)
+            self._runtime_create(container_id)
+            state = self._runtime_state(container_id)
+        if state is not None and state["status"] == "created":
+            self.runtime.start(container_id)
+        return self.status(container_id)
+
+    def stop(self, container_id: str, timeout: float | None = None) -> ContainerStatus:
+        """The spec's stop signal, then SIGKILL after ``timeout`` (default: the spec's).
+        Stopping a stopped container is fine. The restart policy does not bring it back."""
+        spec = self._spec(container_id)
+        state = self._runtime_state(container_id)
+        if state is None or state["status"] == "stopped":
+            return self.status(container_id)
+        self.runtime.request_stop(container_id)
+        grace = spec.stop_timeout if timeout is None else timeout
+        sig = spec.stop_signal if state["status"] == "running" else "SIGKILL"
+        with contextlib.suppress(RuntimeFailure):
+            self.runtime.kill(container_id, sig)
+        if self.runtime.wait(container_id, timeout=grace) is None:
+            with contextlib.suppress(RuntimeFailure):
+                self.runtime.kill(container_id, signal.SIGKILL)
+            self.runtime.wait(container_id, timeout=10)
+        return self.status(container_id)
+
+    def restart(self, container_id: str) -> ContainerStatus:
+        self.stop(container_id)
+        return self.start(container_id)
+
+    def remove(self, container_id: str, force: bool = False) -> None:
+        """Delete the container and its files. A missing container is fine."""
+        if not self._dir(container_id).exists():
+            return
+        state = self._runtime_state(container_id)
+        if state is not None and state["status"] != "stopped" and not force:
+            raise RuntimeFailure("remove", f"container {container_id} is {state['status']}")
+        with contextlib.suppress(ContainerNotFound):
+            self.runtime.delete(container_id, force=True)
+        shutil.rmtree(self._dir(container_id), ignore_errors=True)
+        logger.info("container %s removed", container_id)
+
+    # --- reads --------------------------------------------------------------------------
+    def status(self, container_id: str) -> ContainerStatus:
+        self._spec(container_id)
+        raw = self._runtime_state(container_id)
+        if raw is None:
+            return ContainerStatus(id=container_id, state="unknown", detail="no runtime state")
+        state = _STATE_MAP.get(raw["status"], "unknown")
+        return ContainerStatus(
+            id=container_id,
+            state=state,  # type: ignore[arg-type]
+            pid=raw.get("pid") if state in ("created", "running") else None,
+            exit_code=raw.get("exit_code") if state == "exited" else None,
+            started_at=raw.get("started_at"),
+            finished_at=raw.get("finished_at") if state == "exited" else None,
+            restart_count=int(raw.get("restart_count") or 0),
+            oom_killed=bool(raw.get("oom_killed")),
+        )
+
+    def list(self) -> builtins.list[ContainerStatus]:
+        """Every container with a spec here, found again from disk after an agent restart."""
+        if not self.state_dir.is_dir():
+            return []
+        out = []
+        for path in sorted(self.state_dir.iterdir()):
+            if (path / SPEC_FILE).exists():
+                with contextlib.suppress(ContainerNotFound):
+                    out.append(self.status(path.name))
+        return out
+
+    def logs(
+        self, container_id: str, tail: int | None = None, since: float | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        """Log entries ``{"time", "ts", "stream", "log"}``, oldest first; ``since`` is a Unix
+        time, ``tail`` keeps the last N."""
+        self._spec(container_id)
+        run_dir = self.runtime.store.dir(container_id)
+        files = [self._dir(container_id) / HISTORY_LOG, run_dir / f"{LOG}.1", run_dir / LOG]
+        entries = []
+        for path in files:
+            with contextlib.suppress(FileNotFoundError):
+                for line in path.read_text().splitlines():
+                    with contextlib.suppress(ValueError):
+                        entry = json.loads(line)
+                        if since is None or entry.get("ts", 0) >= since:
+                            entries.append(entry)
+        return entries[-tail:] if tail else entries
+
+    def stats(self, container_id: str) -> ContainerStats:
+        self._spec(container_id)
+        raw = self._runtime_state(container_id)
+        if raw is None or not raw.get("cgroups_path"):
+            return ContainerStats(id=container_id, timestamp=time.time())
+        from agent.runtime.cgroups import new_manager
+
+        st = new_manager(raw["cgroups_path"]).stats()
+        return ContainerStats(
+            id=container_id,
+            cpu_usage_ns=st.cpu_usage_ns,
+            memory_current=st.memory_current,
+            memory_peak=st.memory_peak,
+            memory_limit=st.memory_limit,
+            pids_current=st.pids_current,
+            oom_events=st.oom_events,
+            timestamp=time.time(),
+        )
+
+    def close(self) -> None:
+        """Stop the zygote helper (containers keep running)."""
+        if self.zygote is not None:
+            self.zygote.close()
+
+    # --- helpers ------------------------------------------------------------------------
+    def _dir(self, container_id: str) -> Path:
+        self.runtime.store.dir(container_id)  # validates the id
+        return self.state_dir / container_id
+
+    def _spec(self, container_id: str) -> ContainerSpec:
+        try:
+            raw = json.loads((self._dir(container_id) / SPEC_FILE).read_text())
+        except FileNotFoundError:
+            raise ContainerNotFound(container_id) from None
+        return ContainerSpec.from_dict(raw)
+
+    def _runtime_state(self, container_id: str) -> dict[str, Any] | None:
+        try:
+            return self.runtime.raw_state(container_id)
+        except ContainerNotFound:
+            return None
+
+    def _archive_and_delete(self, container_id: str) -> None:
+        log = self.runtime.store.dir(container_id) / LOG
+        with (
+            contextlib.suppress(FileNotFoundError),
+            open(self._dir(container_id) / HISTORY_LOG, "a") as out,
+        ):
+            out.write(log.read_text())
+        self.runtime.delete(container_id, force=True)
+
+
+def _replace(options: SpecOptions, **changes: Any) -> SpecOptions:
+    import dataclasses
+
+    return dataclasses.replace(options, **changes)
