@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterator
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.urls import re_path
 from django.views.decorators.http import require_http_methods
 
@@ -114,7 +115,7 @@ def _stream(path: str, start: int, length: int) -> Iterator[bytes]:
 
 
 @require_http_methods(["GET", "HEAD"])
-def blob(request: HttpRequest, project: str, name: str, digest: str) -> HttpResponse:
+def blob(request: HttpRequest, project: str, name: str, digest: str) -> HttpResponseBase:
     denied = _authorise(request, project)
     if denied:
         return denied
@@ -138,9 +139,9 @@ def blob(request: HttpRequest, project: str, name: str, digest: str) -> HttpResp
         start = int(match.group(1))
         end = min(int(match.group(2) or size - 1), size - 1)
         if start >= size or start > end:
-            resp = _error(416, "RANGE_INVALID", f"range not satisfiable for {size} bytes")
-            resp["Content-Range"] = f"bytes */{size}"
-            return resp
+            refused = _error(416, "RANGE_INVALID", f"range not satisfiable for {size} bytes")
+            refused["Content-Range"] = f"bytes */{size}"
+            return refused
         status = 206
     length = end - start + 1
     body: Iterator[bytes] = (

@@ -20,12 +20,12 @@ from containers.permissions import has_role
 from hosts.models import Host
 
 
-class FleetPolicySerializer(serializers.Serializer):
+class FleetPolicySerializer(serializers.Serializer[Any]):
     host_profile = serializers.CharField(required=False)
     image_profile = serializers.CharField(required=False)
 
 
-class ProjectPolicySerializer(serializers.Serializer):
+class ProjectPolicySerializer(serializers.Serializer[Any]):
     host_profile = serializers.CharField(required=False)
     image_profile = serializers.CharField(required=False)
     require_certified_hosts = serializers.BooleanField(required=False)

@@ -70,7 +70,8 @@ def reference_check(reference: Any) -> str:
 
 def image_config(raw: dict[str, Any]) -> dict[str, Any]:
     """The container defaults of an OCI image config, as stored on the Image."""
-    inner = raw.get("config") if isinstance(raw.get("config"), dict) else {}
+    found = raw.get("config")
+    inner: dict[str, Any] = found if isinstance(found, dict) else {}
     return {key: inner[key] for key in CONFIG_KEYS if inner.get(key) not in (None, "", [], {})}
 
 
@@ -133,8 +134,9 @@ def pull_message(image: Image, host: Host) -> PullImage:
     """The signed-command payload that pulls ``image`` onto ``host``: uploads come from the
     control plane's own registry with a per-host token; registry images with the project's
     credentials for that registry (decrypted only here)."""
+    auth: RegistryAuth | None
     if image.source == ImageSource.UPLOAD:
-        registry_url: str | None = settings.CORRAL["PUBLIC_URL"]
+        registry_url: str | None = str(settings.CORRAL["PUBLIC_URL"])
         auth = registry_auth(host, image.project.slug, ttl=PULL_DEADLINE)
     else:
         registry_url = image.registry_url or None
@@ -195,7 +197,8 @@ def image_apply_result(op: Operation) -> Image | None:
         logger.warning("pull of %s onto %s failed: %s", image.reference, pull.host.name, op.error)
         return image
     result = op.result or {}
-    raw_config = result.get("config") if isinstance(result.get("config"), dict) else {}
+    found = result.get("config")
+    raw_config: dict[str, Any] = found if isinstance(found, dict) else {}
     digest = str(result.get("digest") or "")
     if image.digest and digest and digest != image.digest:
         logger.info("image %s: tag moved from %s to %s", image.reference, image.digest, digest)
@@ -279,7 +282,7 @@ def image_upload(
             defaults={
                 "source": ImageSource.UPLOAD,
                 "digest": item.manifest_digest,
-                "registry_url": settings.CORRAL["PUBLIC_URL"],
+                "registry_url": str(settings.CORRAL["PUBLIC_URL"]),
                 "size": item.size,
                 "platform": item.platform[:32],
                 "config": image_config(item.config),
