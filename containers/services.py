@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -295,9 +295,9 @@ def _observed_fields(status: ContainerStatus, now: datetime) -> dict[str, Any]:
     if status.ip_address:
         fields["ip_address"] = status.ip_address
     if status.started_at:
-        fields["started_at"] = datetime.fromtimestamp(status.started_at, tz=timezone.utc)
+        fields["started_at"] = datetime.fromtimestamp(status.started_at, tz=UTC)
     if status.finished_at:
-        fields["finished_at"] = datetime.fromtimestamp(status.finished_at, tz=timezone.utc)
+        fields["finished_at"] = datetime.fromtimestamp(status.finished_at, tz=UTC)
     return fields
 
 
