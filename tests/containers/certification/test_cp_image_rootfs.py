@@ -73,3 +73,39 @@ def test_checks_run_on_the_merged_tree_and_it_is_removed_afterwards(tmp_path) ->
         raise RuntimeError("a failing check")
     assert list(scratch.iterdir()) == []
     assert (layers[-1] / "licenses/GPL").read_bytes() == b"gpl"  # layers untouched
+
+
+def test_the_sparse_view_gives_the_same_findings_as_the_full_merge(tmp_path) -> None:
+    dpkg = b"Package: telnetd\nStatus: install ok installed\n\n"
+    base = [
+        *busybox_entries(),
+        Entry("licenses", "dir"),
+        Entry("licenses/MIT", data=b"mit"),
+        Entry("var", "dir"),
+        Entry("var/lib", "dir"),
+        Entry("var/lib/dpkg", "dir"),
+        Entry("var/lib/dpkg/status", data=dpkg),
+        Entry("usr", "dir"),
+        Entry("usr/bin", "dir"),
+        Entry("usr/bin/su", data=b"su", mode=0o4755),
+        Entry("usr/bin/gone", data=b"x", mode=0o4755),
+    ]
+    top = [Entry("usr", "dir"), Entry("usr/bin", "dir"), Entry("usr/bin/.wh.gone")]
+    top += [Entry("etc", "dir"), Entry("etc/passwd", data=b"app:x:1000:1000::/:/bin/sh\n")]
+    _store, layers = store_layers(tmp_path, [base, top], config_extra={"User": "app"})
+    config = {"config": {"User": "app", "Labels": {}}}
+
+    def findings(full: bool) -> dict[str, tuple[str, str]]:
+        with merged_rootfs(layers, tmp_path / "scratch", full=full) as rootfs:
+            found = run_image_checks(rootfs, config, ["a", "b"], ["1.0"])
+            if not full:
+                kept = sorted(str(p.relative_to(rootfs)) for p in rootfs.rglob("*"))
+                assert "bin/busybox" not in kept and "usr/bin/gone" not in kept
+                assert {"usr/bin/su", "etc/passwd", "licenses/MIT"} <= set(kept)
+        return {f.id: (f.verdict, f.message) for f in found}
+
+    sparse = findings(full=False)
+    assert sparse == findings(full=True)
+    assert sparse["cert.image.E003"][0] == "pass"  # app is uid 1000 in the top layer
+    assert sparse["cert.image.E007"][0] == "fail"
+    assert sparse["cert.image.E002"][0] == "pass"
