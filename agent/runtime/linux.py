@@ -95,6 +95,8 @@ SYS_PIVOT_ROOT: Final = 155
 SYS_CAPGET: Final = 125
 SYS_CAPSET: Final = 126
 SYS_OPENAT2: Final = 437
+SYS_CLONE: Final = 56
+SIGCHLD: Final = 17
 _LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
 
 O_PATH: Final = getattr(os, "O_PATH", 0o10000000)
@@ -169,6 +171,26 @@ class Linux:
     def prctl(self, option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
         args = (ctypes.c_ulong(a) for a in (arg2, arg3, arg4, arg5))
         return _check(_lib().prctl(ctypes.c_int(option), *args), f"prctl({option})")
+
+    def clone(self, flags: int) -> int:
+        """fork(2) into new namespaces (``CLONE_NEW*`` flags): with CLONE_NEWPID the child is
+        pid 1 at once, without an intermediate process. CPython's fork hooks run as for
+        ``os.fork`` (the GIL is held across the call, as os.fork does). Returns 0 in the child."""
+        api = ctypes.pythonapi
+        lib = ctypes.PyDLL(None, use_errno=True)
+        null = ctypes.c_void_p(0)
+        api.PyOS_BeforeFork()
+        pid = lib.syscall(
+            ctypes.c_long(SYS_CLONE), ctypes.c_ulong(flags | SIGCHLD), null, null, null, null
+        )
+        if pid == 0:
+            api.PyOS_AfterFork_Child()
+            return 0
+        err = ctypes.get_errno()
+        api.PyOS_AfterFork_Parent()
+        if pid < 0:
+            raise OSError(err, f"clone: {os.strerror(err)}")
+        return int(pid)
 
     def capget(self, pid: int = 0) -> tuple[int, int, int]:
         """(effective, permitted, inheritable) as 64-bit masks."""

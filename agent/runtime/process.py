@@ -27,7 +27,7 @@ from typing import Any, NoReturn, Protocol
 from agent.runtime import namespaces
 from agent.runtime.config import Config
 from agent.runtime.errors import RuntimeFailure
-from agent.runtime.linux import PR_SET_CHILD_SUBREAPER, Linux
+from agent.runtime.linux import CLONE_NEWCGROUP, CLONE_NEWUSER, PR_SET_CHILD_SUBREAPER, Linux
 from agent.runtime.rootfs import Rootfs
 from agent.runtime.security import apply_process_security, install_seccomp
 
@@ -91,18 +91,24 @@ def spawn(linux: Linux, launch: Launch, cgroup: CgroupLike | None) -> int:
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     _TIMINGS.clear()
     t0 = time.perf_counter()
-    stage1 = os.fork()
-    if stage1 == 0:
-        parent_sock.close()
-        _stage1(linux, launch, Sync(child_sock))
+    direct = _can_clone_directly(launch)
+    init_pid = 0
+    if direct:
+        # The common case: clone(2) straight into the new namespaces, the child is the init.
+        init_pid = _clone_init(linux, launch, parent_sock, child_sock)
+        stage1 = 0
+    else:
+        stage1 = os.fork()
+        if stage1 == 0:
+            parent_sock.close()
+            _stage1(linux, launch, Sync(child_sock))
     child_sock.close()
     sync = Sync(parent_sock)
-    init_pid = 0
     ready = False
     LAST_TIMINGS.clear()
     try:
         if cgroup is not None:
-            _cgroup_apply(cgroup, stage1)
+            _cgroup_apply(cgroup, init_pid if direct else stage1)
         sync.send(go=True)
         while True:
             msg = sync.recv()
@@ -112,7 +118,7 @@ def spawn(linux: Linux, launch: Launch, cgroup: CgroupLike | None) -> int:
             kind = next((k for k in ("idmap", "pid", "ready") if k in msg), "other")
             LAST_TIMINGS.append((f"spawn.{kind} at", round((time.perf_counter() - t0) * 1000, 3)))
             if msg.get("idmap"):
-                namespaces.write_id_maps(linux, stage1, launch.config)
+                namespaces.write_id_maps(linux, init_pid if direct else stage1, launch.config)
                 sync.send(mapped=True)
             elif "pid" in msg:
                 init_pid = int(msg["pid"])
@@ -133,6 +139,46 @@ def spawn(linux: Linux, launch: Launch, cgroup: CgroupLike | None) -> int:
         raise
     finally:
         sync.close()
+
+
+def _can_clone_directly(launch: Launch) -> bool:
+    """Namespaces joined by path need setns before the new ones exist: the two-step path."""
+    return not launch.join_only and all(ns.path is None for ns in launch.config.namespaces)
+
+
+def _clone_flags(config: Config) -> int:
+    # The cgroup namespace is created by the child once it is in its cgroup (after "go"):
+    # created here, its root would be the shim's cgroup.
+    flags = namespaces.unshare_flags(config) & ~CLONE_NEWCGROUP
+    if namespaces.new_user_namespace(config):
+        flags |= CLONE_NEWUSER
+    return flags
+
+
+def _clone_init(
+    linux: Linux, launch: Launch, parent_sock: socket.socket, child_sock: socket.socket
+) -> int:
+    try:
+        pid = linux.clone(_clone_flags(launch.config))
+    except OSError as exc:
+        raise RuntimeFailure.from_os("namespaces.clone", exc) from None
+    if pid != 0:
+        return pid
+    parent_sock.close()
+    sync = Sync(child_sock)
+    try:
+        sync.recv()  # "go": we are in the cgroup now
+        config = launch.config
+        if namespaces.new_user_namespace(config):
+            sync.send(idmap=True)
+            sync.recv()
+            _become_namespace_root(linux, config)
+        ns = config.namespace("cgroup")
+        if ns is not None and ns.path is None:
+            _step("namespaces.unshare cgroup", lambda: linux.unshare(CLONE_NEWCGROUP))
+    except BaseException as exc:
+        _report_and_exit(sync, exc, "namespaces")
+    _init(linux, launch, sync)
 
 
 def _cgroup_apply(cgroup: CgroupLike, pid: int) -> None:
