@@ -75,6 +75,25 @@ def image_config(raw: dict[str, Any]) -> dict[str, Any]:
     return {key: inner[key] for key in CONFIG_KEYS if inner.get(key) not in (None, "", [], {})}
 
 
+def image_defaults(image: Image) -> dict[str, Any]:
+    """Container fields an image implies (the agent's runtime takes an explicit command, so
+    the control plane resolves them): command = Entrypoint, args = Cmd, env from Env (the
+    container's own env wins when merged by the caller), working_dir, user."""
+    config = image.config or {}
+    env: dict[str, str] = {}
+    for item in config.get("Env") or []:
+        name, sep, value = str(item).partition("=")
+        if sep and name:
+            env[name] = value
+    return {
+        "command": list(config.get("Entrypoint") or []),
+        "args": list(config.get("Cmd") or []),
+        "env": env,
+        "working_dir": str(config.get("WorkingDir") or ""),
+        "user": str(config.get("User") or ""),
+    }
+
+
 # --- register and credentials --------------------------------------------------------------
 
 

@@ -169,3 +169,17 @@ def test_upload_needs_an_operator_of_the_project_and_a_name(tmp_path):
     assert unnamed.status_code == 400 and unnamed.json()["field"] == "name"
     missing = api(operator).post("/api/v1/images/upload/", {"project": "alpha"})
     assert missing.status_code == 400 and "archive" in missing.json()
+
+
+def test_an_uploaded_image_implies_the_container_defaults(operator, tmp_path):
+    from containers.images.services import image_defaults
+
+    body = upload(api(operator), "alpha", oci_tarball(tmp_path, passing_image(), "1.0"), name="t")
+    defaults = image_defaults(Image.objects.get(pk=body.json()[0]["id"]))
+    assert defaults == {
+        "command": ["/bin/sh", "-c"],
+        "args": ["echo hello"],
+        "env": {"PATH": "/bin", "GREETING": "hi=there"},
+        "working_dir": "/tmp",
+        "user": "1000:1000",
+    }
