@@ -20,3 +20,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def _fast_password_hashing(settings: object) -> None:
     """Actors are created in almost every test; PBKDF2 at full strength would dominate."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # type: ignore[attr-defined]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Browser tests last: Playwright keeps an event loop on the main thread for the rest of the
+    session, and asyncio users that run after it (pyroute2) would find a loop already running."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
