@@ -24,7 +24,7 @@ from agent.protocol.containers import ContainerSpec, ContainerStats, ContainerSt
 from agent.runtime.errors import ContainerNotFound, RuntimeFailure
 from agent.runtime.runtime import Runtime
 from agent.runtime.spec import SpecOptions, prepare_host_rootfs, to_oci
-from agent.runtime.state import LOG, write_atomic
+from agent.runtime.state import LOG, proc_start_time, write_atomic
 from agent.runtime.zygote import Zygote
 
 logger = logging.getLogger(__name__)
@@ -230,10 +230,21 @@ class ContainerService:
         return ContainerSpec.from_dict(raw)
 
     def _runtime_state(self, container_id: str) -> dict[str, Any] | None:
-        try:
-            return self.runtime.raw_state(container_id)
-        except ContainerNotFound:
-            return None
+        """The runtime state; when the process is gone but its shim is still writing the
+        exit down, wait (briefly) for the exit code rather than report exited without one."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                state = self.runtime.raw_state(container_id)
+            except ContainerNotFound:
+                return None
+            settled = state["status"] != "stopped" or state.get("exit_code") is not None
+            shim = int(state.get("shim_pid") or 0)
+            if settled or not shim or proc_start_time(shim) is None:
+                return state
+            if time.monotonic() > deadline:
+                return state
+            time.sleep(0.005)
 
     def _archive_and_delete(self, container_id: str) -> None:
         log = self.runtime.store.dir(container_id) / LOG
