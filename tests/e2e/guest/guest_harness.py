@@ -311,7 +311,7 @@ def parse_results(text: str) -> tuple[dict[str, Scenario], bool, str | None]:
 
 
 def boot(
-    image: Path, workdir: Path, timeout: float = 480.0, only: tuple[str, ...] = ()
+    image: Path, workdir: Path, timeout: float = 720.0, only: tuple[str, ...] = ()
 ) -> GuestRun:
     """One guest boot with a fresh payload; returns what the scenarios reported."""
     payload = make_payload(workdir)

@@ -19,7 +19,7 @@ pytestmark = [
     pytest.mark.guest,
     pytest.mark.slow,
     pytest.mark.privileged,
-    pytest.mark.timeout(1500),
+    pytest.mark.timeout(1800),  # build (cold, at most 900 s) + boot (at most 720 s)
 ]
 
 EXPECTED = [

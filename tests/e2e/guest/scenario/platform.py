@@ -32,6 +32,7 @@ def guest_platform(ctx: Context) -> str:
         "policy": Path("/etc/selinux/config").read_text().count("SELINUXTYPE=default"),
         "context": read_label(),
         "virt": run(["systemd-detect-virt"]).stdout.strip(),
+        "uptime_s": Path("/proc/uptime").read_text().split()[0],
     }
     for key, value in facts.items():
         ctx.log(f"{key}={value}")
