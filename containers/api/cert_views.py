@@ -7,6 +7,7 @@ from typing import Any
 
 from django.shortcuts import get_object_or_404
 from django.urls import path
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import PermissionDenied
@@ -43,6 +44,7 @@ def _fleet_body() -> dict[str, Any]:
 
 
 class ProfilesView(APIView):
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request: Request) -> Response:
         return Response(certification.profiles_describe())
 
@@ -50,10 +52,11 @@ class ProfilesView(APIView):
 class FleetPolicyView(APIView):
     """Everyone signed in reads the fleet policy; only fleet admins change it."""
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request: Request) -> Response:
         return Response(_fleet_body())
 
-    @extend_schema(request=FleetPolicySerializer)
+    @extend_schema(request=FleetPolicySerializer, responses=OpenApiTypes.OBJECT)
     def put(self, request: Request) -> Response:
         if not request.user.is_staff:
             raise PermissionDenied("Only fleet admins change the fleet certification policy.")
@@ -89,10 +92,11 @@ class ProjectPolicyView(APIView):
             ],
         }
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request: Request, slug: str) -> Response:
         return Response(self._body(self._project(request, slug)))
 
-    @extend_schema(request=ProjectPolicySerializer)
+    @extend_schema(request=ProjectPolicySerializer, responses=OpenApiTypes.OBJECT)
     def put(self, request: Request, slug: str) -> Response:
         project = self._project(request, slug)
         if not has_role(request.user, project, Role.ADMIN):
@@ -107,7 +111,7 @@ class ProjectPolicyView(APIView):
 
 
 class EventsView(APIView):
-    @extend_schema(parameters=[OpenApiParameter("limit", int)])
+    @extend_schema(parameters=[OpenApiParameter("limit", int)], responses=OpenApiTypes.OBJECT)
     def get(self, request: Request) -> Response:
         try:
             limit = max(1, min(int(request.query_params.get("limit", 100)), 500))
@@ -119,7 +123,7 @@ class EventsView(APIView):
 class HostCertificationView(APIView):
     """JSON export of a host's certification report (hosts are visible fleet-wide)."""
 
-    @extend_schema(parameters=[OpenApiParameter("profile", str)])
+    @extend_schema(parameters=[OpenApiParameter("profile", str)], responses=OpenApiTypes.OBJECT)
     def get(self, request: Request, pk: str) -> Response:
         host = get_object_or_404(Host, pk=pk)
         profile = request.query_params.get("profile") or None
