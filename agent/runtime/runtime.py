@@ -57,9 +57,14 @@ class Runtime:
     """One state root (``--root``). All methods raise :class:`RuntimeFailure` naming the step,
     :class:`ContainerNotFound`, or :class:`ConfigError` naming the field."""
 
-    def __init__(self, root: str | Path = DEFAULT_ROOT, linux: Linux = LINUX) -> None:
+    def __init__(
+        self, root: str | Path = DEFAULT_ROOT, linux: Linux = LINUX, *, double_fork: bool = True
+    ) -> None:
         self.store = StateStore(root)
         self.linux = linux
+        # The zygote forks shims once and reaps them itself; a CLI double-forks so the shim
+        # is nobody's child.
+        self.double_fork = double_fork
 
     # --- create / start -----------------------------------------------------------------
     def create(
@@ -93,12 +98,13 @@ class Runtime:
         if middle == 0:
             try:
                 os.close(read_fd)
-                if os.fork() == 0:
+                if not self.double_fork or os.fork() == 0:
                     run_shim(self.linux, self.store, container_id, config, write_fd)
             finally:
                 os._exit(0)
         os.close(write_fd)
-        os.waitpid(middle, 0)
+        if self.double_fork:
+            os.waitpid(middle, 0)
         # One line, not EOF: the container process holds a copy of the write end until exec.
         chunks = []
         while (chunk := os.read(read_fd, 65536)) and not chunk.endswith(b"\n"):

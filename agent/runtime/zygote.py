@@ -111,11 +111,14 @@ def serve(fd: int) -> None:
         if not data:
             return
         request = json.loads(data)
+        _reap_shims()
         try:
             if request["op"] == "ping":
                 result: Any = {"pid": os.getpid()}
             elif request["op"] == "create":
-                rt = runtimes.setdefault(request["root"], Runtime(request["root"]))
+                rt = runtimes.setdefault(
+                    request["root"], Runtime(request["root"], double_fork=False)
+                )
                 result = rt.create(request["id"], request["bundle"])
             else:
                 raise RuntimeFailure("zygote", f"unknown op {request.get('op')!r}")
@@ -129,3 +132,10 @@ def serve(fd: int) -> None:
         except Exception as exc:
             reply = {"error": {"kind": "runtime", "step": "zygote", "detail": repr(exc)}}
         sock.send(json.dumps(reply).encode())
+
+
+def _reap_shims() -> None:
+    """Shims are our children (one fork, not two): reap those that have exited."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
