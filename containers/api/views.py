@@ -303,16 +303,17 @@ class ImageViewSet(viewsets.ModelViewSet):
         params.is_valid(raise_exception=True)
         data = params.validated_data
         project = self._project(data["project"])
+        archive = data["archive"]
         with tempfile.NamedTemporaryFile(suffix=".tar") as tmp:
-            for chunk in data["archive"].chunks():
-                tmp.write(chunk)
-            tmp.flush()
+            if hasattr(archive, "temporary_file_path"):  # large uploads are on disk already
+                path = Path(archive.temporary_file_path())
+            else:
+                for chunk in archive.chunks():
+                    tmp.write(chunk)
+                tmp.flush()
+                path = Path(tmp.name)
             images = image_services.image_upload(
-                user=request.user,
-                project=project,
-                archive=Path(tmp.name),
-                name=data["name"],
-                tag=data["tag"],
+                user=request.user, project=project, archive=path, name=data["name"], tag=data["tag"]
             )
         body = self.get_serializer(images, many=True).data
         return Response(body, status=status.HTTP_201_CREATED)

@@ -183,3 +183,11 @@ def test_an_uploaded_image_implies_the_container_defaults(operator, tmp_path):
         "working_dir": "/tmp",
         "user": "1000:1000",
     }
+
+
+def test_a_large_upload_is_read_from_its_temporary_file(operator, tmp_path, settings):
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 0  # every upload streams to a temporary file
+    image = passing_image()
+    resp = upload(api(operator), "alpha", oci_tarball(tmp_path, image, "1.0"), name="big")
+    assert resp.status_code == 201, resp.content
+    assert resp.json()[0]["digest"] == image.digest
