@@ -39,7 +39,7 @@ def fleet(stack: Any) -> dict[str, Any]:
             lambda a=agent: Host.objects.filter(
                 pk=a.host_id, status="online", memory_total__isnull=False
             ).exists(),
-            60,
+            120,  # agents start slowly when the machine is loaded
             f"{agent.name} online with inventory",
         )
     user = get_user_model().objects.create_user("ops", password="x")

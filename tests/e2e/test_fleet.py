@@ -53,7 +53,7 @@ def fleet(stack):
     for agent in agents:
         wait_for(
             lambda a=agent: host_of(a).status == "online" and host_of(a).inventory_at,
-            60,
+            120,  # agents start slowly when the machine is loaded
             f"{agent.name} online with inventory",
         )
     return agents
