@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -52,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
+    if not (args.log or args.debug):
+        return  # the runtime logs nothing below WARNING; skip importing logging at all
+    import logging
+
     handler: logging.Handler = (
         logging.FileHandler(args.log) if args.log else logging.StreamHandler(sys.stderr)
     )

@@ -181,3 +181,23 @@ def test_failed_create_undoes_the_state_directory(
         rt.create("c1", bundle)
     assert err.value.step == "rootfs.pivot_root"
     assert not (tmp_path / "state" / "c1").exists()
+
+
+def test_selinux_mount_label_is_added_only_when_enabled(tmp_path: Path) -> None:
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    raw = {
+        "ociVersion": "1.0.2",
+        "process": {"args": ["/bin/true"]},
+        "root": {"path": str(root)},
+        "mounts": [{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}],
+        "linux": {
+            "namespaces": [{"type": "mount"}],
+            "mountLabel": "system_u:object_r:c_t:s0:c1,c2",
+        },
+    }
+    for enabled, expected in ((True, 'context="system_u:object_r:c_t:s0:c1,c2"'), (False, None)):
+        fake = RecordingLinux()
+        Rootfs(fake, parse_config(raw, bundle=str(tmp_path)), selinux=enabled).setup()
+        tmpfs = next(c for c in fake.calls if c[0] == "mount" and c[3] == "tmpfs")
+        assert tmpfs[5] == expected
