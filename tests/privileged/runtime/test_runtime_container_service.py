@@ -145,3 +145,14 @@ def test_stats_and_idempotent_create_and_remove(
     service.remove(s.id)  # missing: fine
     assert s.id not in {st.id for st in service.list()}
     assert shutil.which("true")
+
+
+def test_shims_are_forked_by_the_zygote_not_the_agent(service: ContainerService) -> None:
+    import os
+
+    s = spec(["/bin/sleep", "30"], mode="host")
+    service.create(s)
+    shim = int(service.runtime.raw_state(s.id)["shim_pid"])
+    ppid = int(Path(f"/proc/{shim}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert service.zygote is not None and ppid == service.zygote.pid
+    assert ppid != os.getpid()

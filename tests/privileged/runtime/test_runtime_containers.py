@@ -369,3 +369,24 @@ def test_cli_reports_one_line_errors_and_nonzero_status(
         [*cmd[:5], "state", "nope"], capture_output=True, text=True, cwd=Path(__file__).parents[3]
     )
     assert res.returncode != 0 and "does not exist" in res.stderr
+
+
+def test_log_is_json_lines_rotated_by_size(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    script = "i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done"
+    bundle = make_bundle(
+        ["/bin/sh", "-c", script], annotations={"run.corral.log.max-bytes": "4096"}
+    )
+    runtime.create(cid, bundle)
+    runtime.start(cid)
+    assert runtime.wait(cid, timeout=10) == 0
+    log = runtime.store.dir(cid) / "ctr.log"
+    rotated = runtime.store.dir(cid) / "ctr.log.1"
+    assert rotated.exists()
+    assert log.stat().st_size <= 4096 + 200 and rotated.stat().st_size <= 4096 + 200
+    import json
+
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert entries[-1]["log"] == "line-299\n" and entries[-1]["stream"] == "stdout"
+    assert entries[-1]["time"].endswith("Z") and entries[-1]["ts"] > 0
