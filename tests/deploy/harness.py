@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
+import shlex
+import signal
+import socket
 import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.procs import REPO
+from cryptography.fernet import Fernet
+
+from tests.support.procs import REPO, Proc
 
 DEPLOY = REPO / "deploy"
 SITE_NAME = "corral.example.org"
@@ -171,3 +178,49 @@ def read_env_file(path: Path) -> dict[str, str]:
         assert name not in values, f"{path.name}:{number}: {name} set twice"
         values[name] = value
     return values
+
+
+# --- the units' commands and environments, as systemd would build them from this checkout ---
+
+UNITS = DEPLOY / "systemd"
+
+
+def from_checkout(value: str) -> str:
+    return value.replace("/opt/corral/.venv/", f"{REPO}/.venv/").replace("/opt/corral", str(REPO))
+
+
+def unit_argv(name: str) -> list[str]:
+    line = unit_value(UNITS / name, "Service", "ExecStart")
+    return shlex.split(from_checkout(expand_specifiers(line, hostname=socket.gethostname())))
+
+
+def unit_env(name: str, var_dir: Path, **overrides: str) -> dict[str, str]:
+    """Environment= then EnvironmentFile= (which wins, as in systemd), then test overrides;
+    /var/lib/corral becomes ``var_dir``."""
+    env: dict[str, str] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    for assignment in shlex.split(unit_value(UNITS / name, "Service", "Environment")):
+        key, _, value = assignment.partition("=")
+        env[key] = value
+    assert unit_value(UNITS / name, "Service", "EnvironmentFile") == "/etc/corral/corral.env"
+    env.update(read_env_file(DEPLOY / "env.example"))
+    env.update(
+        SECRET_KEY=secrets.token_urlsafe(50),
+        CORRAL_FERNET_KEYS=Fernet.generate_key().decode(),
+        DATABASE_URL=f"sqlite:///{var_dir}/corral.sqlite3",
+        CELERY_BROKER_URL="filesystem://",
+        CORRAL_AGENT_BROKER_URL="filesystem://",
+    )
+    env = {k: v.replace("/var/lib/corral", str(var_dir)) for k, v in env.items()}
+    env.update(overrides)
+    return env
+
+
+def stop_like_systemd(proc: Proc, name: str) -> float:
+    """SIGTERM to the main process only; returns how long it took to exit."""
+    limit = float(unit_value(UNITS / name, "Service", "TimeoutStopSec"))
+    started = time.monotonic()
+    os.kill(proc.pid, signal.SIGTERM)
+    code = proc.popen.wait(timeout=limit)
+    took = time.monotonic() - started
+    assert code == 0, f"{name} exited {code} on SIGTERM:\n{proc.log()[-3000:]}"
+    return took

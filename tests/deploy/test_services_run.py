@@ -10,74 +10,28 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import secrets
-import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from cryptography.fernet import Fernet
 
 from tests.deploy.harness import (
-    DEPLOY,
     SITE_NAME,
-    expand_specifiers,
-    read_env_file,
+    UNITS,
+    from_checkout,
     render_nginx_site,
+    stop_like_systemd,
+    unit_argv,
+    unit_env,
     unit_value,
 )
-from tests.support.procs import REPO, Proc, free_port, running, wait_for, wait_port
+from tests.support.procs import REPO, free_port, running, wait_for, wait_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-UNITS = DEPLOY / "systemd"
 HOSTNAME = socket.gethostname()
-
-
-def from_checkout(value: str) -> str:
-    return value.replace("/opt/corral/.venv/", f"{REPO}/.venv/").replace("/opt/corral", str(REPO))
-
-
-def unit_argv(name: str) -> list[str]:
-    line = unit_value(UNITS / name, "Service", "ExecStart")
-    return shlex.split(from_checkout(expand_specifiers(line, hostname=HOSTNAME)))
-
-
-def unit_env(name: str, var_dir: Path, **overrides: str) -> dict[str, str]:
-    """Environment= then EnvironmentFile= (which wins, as in systemd), then test overrides;
-    /var/lib/corral becomes ``var_dir``."""
-    env: dict[str, str] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    for assignment in shlex.split(unit_value(UNITS / name, "Service", "Environment")):
-        key, _, value = assignment.partition("=")
-        env[key] = value
-    assert unit_value(UNITS / name, "Service", "EnvironmentFile") == "/etc/corral/corral.env"
-    env.update(read_env_file(DEPLOY / "env.example"))
-    env.update(
-        SECRET_KEY=secrets.token_urlsafe(50),
-        CORRAL_FERNET_KEYS=Fernet.generate_key().decode(),
-        DATABASE_URL=f"sqlite:///{var_dir}/corral.sqlite3",
-        CELERY_BROKER_URL="filesystem://",
-        CORRAL_AGENT_BROKER_URL="filesystem://",
-    )
-    env = {k: v.replace("/var/lib/corral", str(var_dir)) for k, v in env.items()}
-    env.update(overrides)
-    return env
-
-
-def stop_like_systemd(proc: Proc, name: str) -> float:
-    """SIGTERM to the main process only; returns how long it took to exit."""
-    limit = float(unit_value(UNITS / name, "Service", "TimeoutStopSec"))
-    started = time.monotonic()
-    os.kill(proc.pid, signal.SIGTERM)
-    code = proc.popen.wait(timeout=limit)
-    took = time.monotonic() - started
-    assert code == 0, f"{name} exited {code} on SIGTERM:\n{proc.log()[-3000:]}"
-    return took
 
 
 def get(
