@@ -105,8 +105,8 @@ def build_bundle(base: Path) -> Path:
     return bundle
 
 
-def runner_cli(root: Path, bundle: Path) -> Callable[[], None]:
-    cmd = [sys.executable, "-m", "agent.runtime", "--root", str(root), "run"]
+def runner_cli(root: Path, bundle: Path, *flags: str) -> Callable[[], None]:
+    cmd = [sys.executable, *flags, "-m", "agent.runtime", "--root", str(root), "run"]
 
     def run() -> None:
         subprocess.run(
@@ -232,6 +232,8 @@ def main() -> int:
         runners: dict[str, Callable[[], None]] = {
             "corral zygote (agent path)": runner_zygote(base / "zroot", bundle, zygote),
             "corral-runtime CLI": runner_cli(base / "croot", bundle),
+            # The same without site-packages: how much is the interpreter's own start-up.
+            "corral-runtime CLI (python -S)": runner_cli(base / "sroot", bundle, "-S"),
         }
         for binary in ("crun", "runc"):
             if shutil.which(binary):
