@@ -12,10 +12,11 @@ from typing import Any
 from django.db.models import Count, Q, Sum
 
 from config.errors import PlacementFailed
+from containers.certification import host_certified_for
 from containers.choices import DesiredState
 from containers.models import Container, Project
 from hosts import dispatch
-from hosts.choices import CertificationStatus, HostStatus
+from hosts.choices import HostStatus
 from hosts.models import Host
 
 DEFAULT_MEMORY_RESERVATION = 64 * 1024 * 1024  # counted for containers without a limit
@@ -60,7 +61,7 @@ def place(project: Project, container: Container, *, pinned: Host | None = None)
             raise PlacementFailed(
                 f"Host {pinned.name} is dedicated to another project.", field="host"
             )
-        if project.require_certified_hosts and pinned.certification != "certified":
+        if project.require_certified_hosts and not host_certified_for(pinned, project):
             raise PlacementFailed(
                 f"Project {project.slug} requires certified hosts; {pinned.name} is "
                 f"{pinned.certification}.",
@@ -84,10 +85,8 @@ def place(project: Project, container: Container, *, pinned: Host | None = None)
             reject("in maintenance", host)
         elif any(host.labels.get(k) != v for k, v in (container.placement or {}).items()):
             reject(f"labels do not match {container.placement}", host)
-        elif (
-            project.require_certified_hosts and host.certification != CertificationStatus.CERTIFIED
-        ):
-            reject("not certified (the project requires certified hosts)", host)
+        elif project.require_certified_hosts and not host_certified_for(host, project):
+            reject("not certified under the project's host profile", host)
         elif not host.memory_total or not host.cpus:
             reject("no inventory yet (memory and CPUs unknown)", host)
         else:

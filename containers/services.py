@@ -14,7 +14,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from agent.protocol import names
-from agent.protocol.containers import ContainerSpec, ContainerStatus, ImageRef
+from agent.protocol.containers import ContainerSpec, ContainerStatus
 from agent.protocol.messages import ContainerAction, CreateContainer, PullImage
 from config.errors import CorralError, InvalidTransition, QuotaExceeded
 from containers.choices import ContainerMode, DesiredState, ObservedState
@@ -116,6 +116,8 @@ def container_spec(container: Container) -> ContainerSpec:
         data["working_dir"] = container.working_dir
     if container.user:
         data["user"] = container.user
+    if container.mode == ContainerMode.IMAGE and container.image is not None:
+        _apply_image_defaults(data, container.image)
     if container.mode == ContainerMode.IMAGE:
         image: dict[str, Any] = {"reference": container.image_reference}
         if container.image and container.image.digest:
@@ -124,35 +126,54 @@ def container_spec(container: Container) -> ContainerSpec:
     return ContainerSpec.from_dict(data)
 
 
+def _apply_image_defaults(data: dict[str, Any], image: Image) -> None:
+    """The image's Entrypoint/Cmd/Env/WorkingDir/User fill what the user left empty (as with
+    `docker run`: a command replaces the entrypoint, args replace Cmd; env merges, user wins)."""
+    from containers.images.services import image_defaults
+
+    defaults = image_defaults(image)
+    if not data["command"]:
+        data["command"] = defaults["command"]
+        if not data["args"]:
+            data["args"] = defaults["args"]
+    data["env"] = {**defaults["env"], **data["env"]}
+    if "working_dir" not in data and defaults["working_dir"]:
+        data["working_dir"] = defaults["working_dir"]
+    if "user" not in data and defaults["user"]:
+        data["user"] = defaults["user"]
+
+
 def _pull_for(container: Container) -> PullImage | None:
-    if container.mode != ContainerMode.IMAGE:
+    """How the host fetches the container's image when it does not hold it: uploads from the
+    control plane's registry with a per-host token, registry images with the project's
+    credentials (both only inside the signed command)."""
+    if container.mode != ContainerMode.IMAGE or container.image is None or container.host is None:
         return None
-    image = container.image
-    registry_url = image.registry_url if image else None
-    if image is not None and image.source == "upload":
-        registry_url = settings.CORRAL["PUBLIC_URL"]
-    return PullImage(
-        image=ImageRef(
-            reference=container.image_reference,
-            digest=image.digest if image and image.digest else None,
-        ),
-        registry_url=registry_url or None,
-    )
+    from containers.images.services import pull_message
+
+    return pull_message(container.image, container.host)
 
 
 # --- create --------------------------------------------------------------------------------
 
 
 def _image_for(project: Project, reference: str) -> Image:
+    """The project's Image for ``reference``; refused (409 with the failing finding ids) when
+    the project requires certified images and this one is not certified under its profile."""
+    from containers import certification
+
     image, _ = Image.objects.get_or_create(project=project, reference=reference)
-    if project.require_certified_images and image.certification != CertificationStatus.CERTIFIED:
-        failed = [f.get("id") for f in image.findings if f.get("verdict") == "fail"]
-        raise ImageNotCertified(
-            f"Project {project.slug} requires certified images; {reference} is "
-            f"{image.get_certification_display().lower()}"
-            + (f" (failed: {', '.join(failed)})." if failed else "."),
-            failed_findings=failed,
-        )
+    if project.require_certified_images:
+        profile = certification.image_profile_for(project)
+        verdict, failed = certification.evaluate_raw(image.findings, profile)
+        if verdict != CertificationStatus.CERTIFIED:
+            state = "not certified" if failed else "not certified yet (no findings)"
+            raise ImageNotCertified(
+                f"Project {project.slug} requires images certified under {profile}; "
+                f"{reference} is {state}" + (f" (failed: {', '.join(failed)})." if failed else "."),
+                failed_findings=failed,
+                profile=profile,
+            )
     return image
 
 

@@ -15,6 +15,7 @@ from django.utils import timezone
 from agent.protocol import names
 from agent.protocol.messages import ContainerEvent, OperationResult
 from containers import services
+from containers.images.services import image_apply_result
 from hosts import services as host_services
 from hosts.ingest import HeartbeatIngestor
 from hosts.reports import ReportRejected, verify_report
@@ -60,6 +61,7 @@ def operation_result(message: Any) -> None:
     op = host_services.operation_result_apply(host, result)
     if op is not None and result.status != "running":
         services.container_apply_result(op)
+        image_apply_result(op)
 
 
 @shared_task(name=names.CP_CONTAINER_EVENT, ignore_result=True)

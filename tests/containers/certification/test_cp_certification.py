@@ -207,12 +207,17 @@ def test_host_report_refuses_an_unknown_profile_and_unknown_hosts() -> None:
 def test_placement_refuses_uncertified_hosts_when_the_project_requires_them() -> None:
     project = make_project("alpha", require_certified_hosts=True)
     operator = member(make_user("op"), project)
-    make_host("uncertified", certification="not_certified")
+    failing = [
+        {**f, "verdict": "fail"} if f["id"] == "cert.selinux.E002" else f
+        for f in findings_passing_all()
+    ]
+    make_host("uncertified", certification="not_certified", findings=failing)
     data = {"project": "alpha", "name": "c1", "mode": "host"}
     resp = api(operator).post("/api/v1/containers/", data, format="json")
     assert resp.status_code == 409, resp.content
     assert "not certified" in resp.json()["detail"]
-    certified = make_host("certified", certification="certified")
+    # The verdict comes from the host's findings under the project's profile.
+    certified = make_host("certified", certification="certified", findings=findings_passing_all())
     resp = api(operator).post("/api/v1/containers/", data, format="json")
     assert resp.status_code == 201, resp.content
     assert resp.json()["host"] == str(certified.pk)
