@@ -16,6 +16,7 @@ The parent undoes what it started if any step fails: it kills both children and 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -83,6 +84,9 @@ class Launch:
     exec_fifo_fd: int | None = None
     join_only: bool = False
     selinux: bool = False
+    # OCI ``--preserve-fds``: these fds become 3, 4, ... of the container process (socket
+    # activation passes its listening sockets this way).
+    extra_fds: tuple[int, ...] = ()
 
 
 def spawn(linux: Linux, launch: Launch, cgroup: CgroupLike | None) -> int:
@@ -256,7 +260,7 @@ def _init(linux: Linux, launch: Launch, sync: Sync) -> NoReturn:
         for rl in process.rlimits:
             _step(f"rlimits {rl.type}", lambda r=rl: linux.setrlimit(r.type, r.soft, r.hard))
         _step("stdio", lambda: _dup_stdio(launch.stdio))
-        _close_other_fds(sync.sock.fileno(), launch.exec_fifo_fd)
+        _close_other_fds(sync.sock.fileno(), launch.exec_fifo_fd, *launch.extra_fds)
         env = dict(e.split("=", 1) for e in process.env)
         executable = find_executable(process.args[0], env.get("PATH", DEFAULT_PATH), process.cwd)
         seccomp = config.seccomp
@@ -269,6 +273,8 @@ def _init(linux: Linux, launch: Launch, sync: Sync) -> NoReturn:
         channel = None
         if launch.exec_fifo_fd is not None:
             _wait_for_start(launch.exec_fifo_fd)
+        if launch.extra_fds:  # after the sync socket and fifo are closed: 3.. are free
+            _step("preserve_fds", lambda: _place_fds(launch.extra_fds))
         if launch.selinux and process.selinux_label:
             _set_exec_label(process.selinux_label)
         if seccomp is not None and process.no_new_privileges:
@@ -314,6 +320,17 @@ def _close_other_fds(*keep: int | None) -> None:
         os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, 1 << 16)
+
+
+def _place_fds(fds: tuple[int, ...]) -> None:
+    """Make ``fds`` become 3, 4, ... (inheritable), parking each above every target first so
+    moving one never overwrites another still to be moved."""
+    floor = max([3 + len(fds), *fds]) + 1
+    parked = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in fds]
+    for i, fd in enumerate(parked):
+        os.dup2(fd, 3 + i, inheritable=True)
+        os.close(fd)
+    os.closerange(3 + len(fds), floor)  # the originals, unless they were targets
 
 
 def _wait_for_start(fifo_fd: int) -> None:

@@ -68,14 +68,21 @@ class Runtime:
 
     # --- create / start -----------------------------------------------------------------
     def create(
-        self, container_id: str, bundle: str | Path, *, pid_file: str | None = None
+        self,
+        container_id: str,
+        bundle: str | Path,
+        *,
+        pid_file: str | None = None,
+        preserve_fds: tuple[int, ...] = (),
     ) -> dict[str, Any]:
+        """``preserve_fds`` (ours) become fds 3, 4, ... of the container process, as OCI
+        ``--preserve-fds`` does with the caller's 3..; the shim keeps them for restarts."""
         config = load_config(bundle)
         with contextlib.ExitStack() as undo:
             path = self.store.make_dir(container_id)
             undo.callback(self.store.remove, container_id)
             self._make_fifo(path / FIFO, config)
-            pid = self._launch_shim(container_id, config)
+            pid = self._launch_shim(container_id, config, tuple(preserve_fds))
             if pid_file:
                 write_atomic(Path(pid_file).resolve(), str(pid))
             undo.pop_all()
@@ -91,7 +98,9 @@ class Runtime:
         if uid or gid:
             os.chown(path, uid, gid)
 
-    def _launch_shim(self, container_id: str, config: Config) -> int:
+    def _launch_shim(
+        self, container_id: str, config: Config, preserve_fds: tuple[int, ...] = ()
+    ) -> int:
         """Double fork: the shim is re-parented away from us and reports on a pipe."""
         read_fd, write_fd = os.pipe()
         middle = os.fork()
@@ -99,7 +108,7 @@ class Runtime:
             try:
                 os.close(read_fd)
                 if not self.double_fork or os.fork() == 0:
-                    run_shim(self.linux, self.store, container_id, config, write_fd)
+                    run_shim(self.linux, self.store, container_id, config, write_fd, preserve_fds)
             finally:
                 os._exit(0)
         os.close(write_fd)

@@ -126,18 +126,23 @@ class Shim:
         self.log: LogWriter | None = None
         self.oom_seen = 0
         self.timings: list[tuple[str, float]] = []
+        self.extra_fds: tuple[int, ...] = ()  # kept open for every (re)start of the process
 
     # --- process set-up -----------------------------------------------------------------
-    def detach(self, keep: int) -> None:
-        """Leave the caller's session and stdio; keep only ``keep`` of its fds."""
+    def detach(self, keep: int, *more: int) -> None:
+        """Leave the caller's session and stdio; keep only ``keep`` (and ``more``: fds to
+        pass to the container) of its fds."""
         os.setsid()
         self.linux.prctl(PR_SET_CHILD_SUBREAPER, 1)
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         os.close(null)
-        os.closerange(3, keep)
-        os.closerange(keep + 1, 1 << 16)
+        low = 3
+        for fd in sorted({keep, *more}):
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, 1 << 16)
 
     def create(self) -> int:
         """cgroup, pipes, the container process waiting on the exec fifo; returns its pid."""
@@ -173,6 +178,7 @@ class Shim:
                 Stdio(null, out_w, err_w),
                 exec_fifo_fd=fifo_fd,
                 selinux=selinux_on(),
+                extra_fds=self.extra_fds,
             )
             pid = spawn(self.linux, launch, self.cgroup)
         except BaseException:
@@ -343,12 +349,19 @@ def _cgroup_step(step: str, action: Any) -> Any:
 
 
 def run_shim(
-    linux: Linux, store: StateStore, container_id: str, config: Config, result_fd: int
+    linux: Linux,
+    store: StateStore,
+    container_id: str,
+    config: Config,
+    result_fd: int,
+    preserve_fds: tuple[int, ...] = (),
 ) -> NoReturn:
-    """Body of the shim process: create the container, report to the caller, then monitor."""
+    """Body of the shim process: create the container, report to the caller, then monitor.
+    ``preserve_fds`` become fds 3.. of the container process (OCI ``--preserve-fds``)."""
     shim = Shim(linux, store, container_id, config)
+    shim.extra_fds = tuple(preserve_fds)
     try:
-        shim.detach(keep=result_fd)
+        shim.detach(result_fd, *preserve_fds)
         pid = shim.create()
         start_time = proc_start_time(pid)
         state = {

@@ -17,9 +17,12 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.runtime.errors import ConfigError, ContainerNotFound, RuntimeFailure
+
+if TYPE_CHECKING:
+    from agent.runtime.runtime import Runtime
 
 _PKG_ROOT = str(Path(__file__).resolve().parents[2])
 # -S: no site-packages (the runtime needs only the standard library); the agent package is put
@@ -54,17 +57,27 @@ class Zygote:
         self.sock = ours
         self._call({"op": "ping"})
 
-    def create(self, root: str | Path, container_id: str, bundle: str | Path) -> dict[str, Any]:
-        """Like :meth:`Runtime.create`, forked from the helper; the same errors."""
+    def create(
+        self,
+        root: str | Path,
+        container_id: str,
+        bundle: str | Path,
+        preserve_fds: tuple[int, ...] = (),
+    ) -> dict[str, Any]:
+        """Like :meth:`Runtime.create`, forked from the helper; the same errors.
+        ``preserve_fds`` travel to the helper with the request (SCM_RIGHTS)."""
         with self.lock:
             self.ensure_started()
             request = {"op": "create", "root": str(root), "id": container_id, "bundle": str(bundle)}
-            result: dict[str, Any] = self._call(request)
+            result: dict[str, Any] = self._call(request, preserve_fds)
             return result
 
-    def _call(self, request: dict[str, Any]) -> Any:
+    def _call(self, request: dict[str, Any], fds: tuple[int, ...] = ()) -> Any:
         assert self.sock is not None
-        self.sock.send(json.dumps(request).encode())
+        if fds:
+            socket.send_fds(self.sock, [json.dumps(request).encode()], list(fds))
+        else:
+            self.sock.send(json.dumps(request).encode())
         data = self.sock.recv(1 << 20)
         if not data:
             self.close()
@@ -99,39 +112,49 @@ class Zygote:
 
 def serve(fd: int) -> None:
     """Helper side: answer requests until the agent closes its end."""
-    from agent.runtime.runtime import Runtime
-
     with contextlib.suppress(ImportError):  # warm what every create needs, once
         import agent.runtime.cgroups
         import agent.runtime.selinux  # noqa: F401
     sock = socket.socket(fileno=fd)
     runtimes: dict[str, Runtime] = {}
     while True:
-        data = sock.recv(1 << 20)
+        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 64)
         if not data:
             return
         request = json.loads(data)
         _reap_shims()
         try:
-            if request["op"] == "ping":
-                result: Any = {"pid": os.getpid()}
-            elif request["op"] == "create":
-                rt = runtimes.setdefault(
-                    request["root"], Runtime(request["root"], double_fork=False)
-                )
-                result = rt.create(request["id"], request["bundle"])
-            else:
-                raise RuntimeFailure("zygote", f"unknown op {request.get('op')!r}")
-            reply: dict[str, Any] = {"result": result}
-        except ConfigError as exc:
-            reply = {"error": {"kind": "config", "field": exc.field, "message": exc.message}}
-        except ContainerNotFound as exc:
-            reply = {"error": {"kind": "not_found", "id": exc.container_id}}
-        except RuntimeFailure as exc:
-            reply = {"error": {"kind": "runtime", **exc.to_dict()}}
-        except Exception as exc:
-            reply = {"error": {"kind": "runtime", "step": "zygote", "detail": repr(exc)}}
+            reply = _answer(request, runtimes, tuple(fds))
+        finally:
+            for fd in fds:  # the shim has its own copies now
+                os.close(fd)
         sock.send(json.dumps(reply).encode())
+
+
+def _answer(
+    request: dict[str, Any], runtimes: dict[str, Runtime], fds: tuple[int, ...]
+) -> dict[str, Any]:
+    """One request -> one reply; errors become replies the client raises again."""
+    from agent.runtime.runtime import Runtime
+
+    try:
+        if request["op"] == "ping":
+            result: Any = {"pid": os.getpid()}
+        elif request["op"] == "create":
+            rt = runtimes.setdefault(request["root"], Runtime(request["root"], double_fork=False))
+            result = rt.create(request["id"], request["bundle"], preserve_fds=fds)
+        else:
+            raise RuntimeFailure("zygote", f"unknown op {request.get('op')!r}")
+        reply: dict[str, Any] = {"result": result}
+    except ConfigError as exc:
+        reply = {"error": {"kind": "config", "field": exc.field, "message": exc.message}}
+    except ContainerNotFound as exc:
+        reply = {"error": {"kind": "not_found", "id": exc.container_id}}
+    except RuntimeFailure as exc:
+        reply = {"error": {"kind": "runtime", **exc.to_dict()}}
+    except Exception as exc:
+        reply = {"error": {"kind": "runtime", "step": "zygote", "detail": repr(exc)}}
+    return reply
 
 
 def _reap_shims() -> None:
