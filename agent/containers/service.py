@@ -17,6 +17,7 @@ import logging
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +46,26 @@ class ContainerService:
         *,
         options: SpecOptions | None = None,
         use_zygote: bool = True,
+        before_start: Callable[[ContainerSpec, int], None] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
+        # Called with the spec and the created process's host pid before every start (the
+        # network is attached here: the namespace exists, the user process has not run).
+        self.before_start = before_start
         self.runtime = Runtime(runtime_root)
         self.options = options or SpecOptions()
         self.zygote = Zygote() if use_zygote else None
 
     # --- lifecycle ----------------------------------------------------------------------
     def create(
-        self, spec: ContainerSpec, rootfs_layers: list[Path] | None = None
+        self,
+        spec: ContainerSpec,
+        rootfs_layers: list[Path] | None = None,
+        *,
+        preserve_fds: tuple[int, ...] = (),
     ) -> ContainerStatus:
         """Write the bundle and create the container (not started). Creating an id that
-        exists returns its status."""
+        exists returns its status. ``preserve_fds`` become the process's fds 3.. ."""
         spec.validate()
         if (self._dir(spec.id) / SPEC_FILE).exists():
             return self.status(spec.id)
@@ -66,7 +75,7 @@ class ContainerService:
             undo.callback(shutil.rmtree, cdir, True)
             self._write_bundle(spec, rootfs_layers or [])
             write_atomic(cdir / SPEC_FILE, json.dumps(spec.to_dict()))
-            self._runtime_create(spec.id)
+            self._runtime_create(spec.id, preserve_fds)
             undo.pop_all()
         logger.info("container %s created", spec.id)
         return self.status(spec.id)
@@ -92,24 +101,38 @@ class ContainerService:
         config = to_oci(spec, root_path=str(rootfs), options=options)
         write_atomic(bundle / "config.json", json.dumps(config, indent=1))
 
-    def _runtime_create(self, container_id: str) -> None:
+    def _runtime_create(self, container_id: str, preserve_fds: tuple[int, ...] = ()) -> None:
         bundle = self._dir(container_id) / "bundle"
         if self.zygote is not None:
-            self.zygote.create(self.runtime.store.root, container_id, bundle)
+            self.zygote.create(self.runtime.store.root, container_id, bundle, preserve_fds)
         else:
-            self.runtime.create(container_id, bundle)
+            self.runtime.create(container_id, bundle, preserve_fds=preserve_fds)
 
-    def start(self, container_id: str) -> ContainerStatus:
-        """Start a created container, or run a stopped one again. Running: no-op."""
+    def start(self, container_id: str, *, preserve_fds: tuple[int, ...] = ()) -> ContainerStatus:
+        """Start a created container, or run a stopped one again (created anew, with
+        ``preserve_fds``). Running: no-op."""
+        spec = self._spec(container_id)
+        state = self._runtime_state(container_id)
+        if state is None or state["status"] == "stopped":
+            if state is not None:
+                self._archive_and_delete(container_id)
+            self._runtime_create(container_id, preserve_fds)
+            state = self._runtime_state(container_id)
+        if state is not None and state["status"] == "created":
+            if self.before_start is not None:
+                self.before_start(spec, int(state["pid"]))
+            self.runtime.start(container_id)
+        return self.status(container_id)
+
+    def prepare(self, container_id: str, *, preserve_fds: tuple[int, ...] = ()) -> ContainerStatus:
+        """Create the runtime container again from its bundle (not started), e.g. holding new
+        sockets; a created or running one is left as it is."""
         self._spec(container_id)
         state = self._runtime_state(container_id)
         if state is None or state["status"] == "stopped":
             if state is not None:
                 self._archive_and_delete(container_id)
-            self._runtime_create(container_id)
-            state = self._runtime_state(container_id)
-        if state is not None and state["status"] == "created":
-            self.runtime.start(container_id)
+            self._runtime_create(container_id, preserve_fds)
         return self.status(container_id)
 
     def stop(self, container_id: str, timeout: float | None = None) -> ContainerStatus:
@@ -147,6 +170,13 @@ class ContainerService:
         logger.info("container %s removed", container_id)
 
     # --- reads --------------------------------------------------------------------------
+    def exists(self, container_id: str) -> bool:
+        return (self._dir(container_id) / SPEC_FILE).exists()
+
+    def spec(self, container_id: str) -> ContainerSpec:
+        """The spec the container was created from."""
+        return self._spec(container_id)
+
     def status(self, container_id: str) -> ContainerStatus:
         self._spec(container_id)
         raw = self._runtime_state(container_id)
