@@ -131,6 +131,8 @@ def test_agent_unit_delegates_its_cgroup_and_spares_containers_on_restart() -> N
     # Root by necessity: no User=, and none of the sandboxing that would hide the host.
     for key in ("User", "NoNewPrivileges", "ProtectSystem", "PrivateTmp", "CapabilityBoundingSet"):
         assert key not in service, key
+    # Shims and containers inherit the agent's OOM score: shielding the agent shields them.
+    assert "OOMScoreAdjust" not in service
     # The control plane's secrets never go to a host.
     assert unit_values(unit, "Service", "EnvironmentFile") == ["-/etc/corral/agent.env"]
 
