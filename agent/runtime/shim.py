@@ -100,6 +100,8 @@ def cgroup_manager(config: Config) -> Any:
 
 def selinux_on() -> bool:
     """Whether SELinux labels apply here (the teammate's module decides; absent means no)."""
+    if not os.path.isdir("/sys/fs/selinux"):
+        return False  # no selinuxfs at all: skip importing the labelling module
     try:
         from agent.runtime.selinux import selinux_enabled
     except ImportError:
