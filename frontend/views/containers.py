@@ -246,8 +246,9 @@ def container_logs(request: HttpRequest, container_id: str) -> HttpResponse:
 
 
 def _log_text(line: Any) -> dict[str, str]:
+    """One agent log entry ``{"time", "ts", "stream", "log"}`` as text and stream."""
     if isinstance(line, dict):
-        text = line.get("line", line.get("message", line.get("text", "")))
+        text = line.get("log", line.get("line", line.get("message", "")))
         return {"text": str(text).rstrip("\n"), "stream": str(line.get("stream", "stdout"))}
     return {"text": str(line).rstrip("\n"), "stream": "stdout"}
 

@@ -5,6 +5,7 @@ reload, its log line appears in the live tail, then it is stopped and removed.""
 from __future__ import annotations
 
 import importlib
+import subprocess
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from django.contrib.auth import get_user_model
 from containers.models import Container, Project
 from hosts.models import Host
 from tests.browser.conftest import log_in
-from tests.support.procs import wait_for
+from tests.support.procs import PYTHON, REPO, wait_for
 
 
 def _agent_runs_containers() -> bool:
@@ -34,6 +35,31 @@ pytestmark = [
     ),
 ]
 LINE = "hello-from-corral"
+
+
+def delete_containers(agent: Any) -> None:
+    """Containers outlive their agent by design (each has its own shim), so the test removes
+    what it started with the runtime's own command line, whatever happened before."""
+    root = agent.runtime_root
+    if not root.is_dir():
+        return
+    for entry in root.iterdir():
+        if entry.is_dir():
+            subprocess.run(
+                [
+                    PYTHON,
+                    "-m",
+                    "agent.runtime",
+                    "--root",
+                    str(root),
+                    "delete",
+                    "--force",
+                    entry.name,
+                ],
+                cwd=REPO,
+                timeout=60,
+                check=False,
+            )
 
 
 def observed(page: Any, *states: str) -> None:
@@ -60,33 +86,39 @@ def test_container_from_the_form_runs_logs_stops_and_is_removed(
     get_user_model().objects.create_user("ui-admin", password="pw-ui-admin", is_staff=True)
     Project.objects.create(slug="ui", name="UI test project")
 
-    log_in(page, "ui-admin", "pw-ui-admin")
-    page.goto("/containers/new/")
-    page.select_option("#f-project", "ui")
-    page.fill("#f-name", "hello")
-    page.check("input[name=mode][value=host]")
-    page.fill("#f-command", f"/bin/sh -c 'echo {LINE}; sleep 300'")
-    page.select_option("#f-host", label="ui-node")
-    page.click("button:has-text('Create container')")
-    page.wait_for_url("**/containers/*/?op=*")
-    page.evaluate("window.__notReloaded = true")
+    try:
+        log_in(page, "ui-admin", "pw-ui-admin")
+        page.goto("/containers/new/")
+        page.select_option("#f-project", "ui")
+        page.fill("#f-name", "hello")
+        page.check("input[name=mode][value=host]")
+        page.fill("#f-command", f"/bin/sh -c 'echo {LINE}; sleep 300'")
+        page.select_option("#f-host", label="ui-node")
+        page.click("button:has-text('Create container')")
+        page.wait_for_url("**/containers/*/?op=*")
+        page.evaluate("window.__notReloaded = true")
 
-    observed(page, "running")
-    page.wait_for_function(
-        f"document.querySelector('[data-testid=logs]')?.textContent.includes('{LINE}')",
-        timeout=30_000,
-    )
-    assert page.evaluate("window.__notReloaded") is True
+        # The live log tail asks the agent directly, so the line shows even before the state does.
+        page.wait_for_function(
+            f"document.querySelector('[data-testid=logs]')?.textContent.includes('{LINE}')",
+            timeout=60_000,
+        )
+        observed(page, "running")
+        assert page.evaluate("window.__notReloaded") is True
 
-    page.click("button[data-action=stop]")
-    page.wait_for_selector("#action-result [data-testid=operation]")
-    observed(page, "stopped", "exited")
-    page.on("dialog", lambda dialog: dialog.accept())
-    page.click("button[data-action=remove]")
-    page.wait_for_selector(
-        "#action-result [data-testid=operation][data-status=succeeded]", timeout=60_000
-    )
-    container = Container.objects.get(name="hello", project__slug="ui")
-    wait_for(lambda: Container.objects.get(pk=container.pk).removed_at is not None, 30, "removal")
-    assert page.evaluate("window.__notReloaded") is True
-    assert console.errors == []
+        page.click("button[data-action=stop]")
+        page.wait_for_selector("#action-result [data-testid=operation]")
+        observed(page, "stopped", "exited")
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.click("button[data-action=remove]")
+        page.wait_for_selector(
+            "#action-result [data-testid=operation][data-status=succeeded]", timeout=60_000
+        )
+        container = Container.objects.get(name="hello", project__slug="ui")
+        wait_for(
+            lambda: Container.objects.get(pk=container.pk).removed_at is not None, 30, "removal"
+        )
+        assert page.evaluate("window.__notReloaded") is True
+        assert console.errors == []
+    finally:
+        delete_containers(agent)

@@ -11,7 +11,7 @@ from django.utils import timezone
 from containers.models import Container, Image
 from frontend.forms import FormErrors, parse_pairs, parse_size
 from frontend.templatetags.corral import bytes_h, percent, plain_error, sparkline
-from frontend.views.containers import stats_series
+from frontend.views.containers import _log_text, stats_series
 from hosts.models import AuditEntry
 from tests.frontend.actors import client_for
 
@@ -107,6 +107,12 @@ def test_cpu_percent_comes_from_usage_deltas() -> None:
     assert series["mem_series"] == [10.0, 20.0, 30.0]
     assert (series["cpu_now"], series["mem_now"], series["mem_limit"]) == (0.0, 30.0, 100.0)
     assert stats_series([])["cpu_now"] is None
+
+
+def test_agent_log_entries_become_lines() -> None:
+    entry = {"time": "2026-11-29T05:07:36Z", "ts": 1.0, "stream": "stderr", "log": "oops\n"}
+    assert _log_text(entry) == {"text": "oops", "stream": "stderr"}
+    assert _log_text("plain\n") == {"text": "plain", "stream": "stdout"}
 
 
 def test_operation_errors_in_plain_words() -> None:

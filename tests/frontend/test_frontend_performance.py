@@ -1,6 +1,6 @@
 """Fleet-scale speed: with ``seed_fleet --hosts 500 --containers 5000`` the dashboard and the
-container list render in under 300 ms of server time with a fixed, small number of queries
-(no N+1: the count does not grow with the fleet)."""
+container list render in under 300 ms of server time (CPU of the request plus its SQL) with a
+fixed, small number of queries (no N+1: the count does not grow with the fleet)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.test import Client, RequestFactory
 from django.test.client import ClientHandler
+from django.test.utils import CaptureQueriesContext
 
 from containers.models import Container, Membership, Project
 from hosts.models import Host
@@ -32,21 +34,25 @@ def big_fleet(db: Any) -> dict[str, Any]:
     return {"admin": make_user("admin", staff=True), "tenant": tenant, "seed_seconds": seeded}
 
 
-def server_time(client: Client, url: str, runs: int = 5) -> float:
-    """Best server time of ``runs`` requests through the whole middleware stack, with the
-    logged-in client's cookies. It calls the WSGI handler directly: the test client's
-    template instrumentation (a context copy per rendered template) is test overhead that a
-    real server does not have."""
+def server_time(client: Client, url: str, runs: int = 5) -> tuple[float, float]:
+    """Best (cost, wall) seconds of ``runs`` requests through the whole middleware stack with
+    the logged-in client's cookies. ``cost`` is the request's own CPU time in this thread plus
+    the time its SQL queries took: what the request costs the server, which other processes
+    on a busy shared machine cannot inflate the way they inflate wall time. The WSGI handler
+    is called directly, without the test client's per-template context copies."""
     cookies = "; ".join(f"{k}={v.value}" for k, v in client.cookies.items())
     handler = ClientHandler(enforce_csrf_checks=False)
-    times = []
+    costs, walls = [], []
     for _ in range(runs):
         request = RequestFactory(HTTP_COOKIE=cookies).get(url)
-        started = time.perf_counter()
-        response = handler(request.environ)
-        times.append(time.perf_counter() - started)
+        with CaptureQueriesContext(connection) as queries:
+            cpu_started, started = time.thread_time(), time.perf_counter()
+            response = handler(request.environ)
+            cpu, wall = time.thread_time() - cpu_started, time.perf_counter() - started
         assert response.status_code == 200, response.status_code
-    return min(times)
+        costs.append(cpu + sum(float(q["time"]) for q in queries.captured_queries))
+        walls.append(wall)
+    return min(costs), min(walls)
 
 
 PAGES = [
@@ -71,10 +77,10 @@ def test_fleet_pages_render_under_budget_without_n_plus_one(
             client.get(url)  # warm template caches and the session
             with django_assert_max_num_queries(max_queries):
                 assert client.get(url).status_code == 200
-            best = server_time(client, url)
-            print(f"{actor:6} {url:40} {best * 1000:6.1f} ms")
-            if best >= BUDGET_SECONDS:
-                slow.append(f"{url} took {best * 1000:.0f} ms for {actor}")
+            cost, wall = server_time(client, url)
+            print(f"{actor:6} {url:40} {cost * 1000:6.1f} ms (wall {wall * 1000:6.1f} ms)")
+            if cost >= BUDGET_SECONDS:
+                slow.append(f"{url} cost {cost * 1000:.0f} ms for {actor}")
     assert not slow, slow
 
 
