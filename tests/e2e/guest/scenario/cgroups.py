@@ -171,7 +171,10 @@ def systemd_driver(ctx: Context) -> str:
         unit = mgr.path().rstrip("/").rsplit("/", 1)[-1]
         props = "Slice,Transient,ActiveState,MemoryMax,TasksMax,ControlGroup"
         out = run(["systemctl", "show", "-p", props, unit]).stdout
-        seen.update(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        for line in out.splitlines():
+            key, found, value = line.partition("=")
+            if found:
+                seen[key] = value
         seen["unit"] = unit
         ctx.log(f"systemctl show {unit}: {sorted(seen.items())}")
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BUSYBOX = "/usr/local/lib/corral/busybox"
 # container_var_lib_t (labelled at image build): where container_engine_t may relabel from.
@@ -92,7 +93,7 @@ def timed(ctx: Context, what: str) -> Iterator[None]:
     ctx.log(f"{what} took {time.monotonic() - start:.2f}s")
 
 
-def import_or_skip(module: str) -> object:
+def import_or_skip(module: str) -> Any:
     """Import an agent module, or skip with the reason (the teammate's part has not landed)."""
     import importlib
 

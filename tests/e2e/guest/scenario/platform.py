@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from scenario.common import Context, read_label, run
 
@@ -21,7 +22,7 @@ def _mount_fstype(mount_point: str) -> str | None:
 
 def guest_platform(ctx: Context) -> str:
     """systemd is PID 1, /sys/fs/cgroup is cgroup2, SELinux is enforcing with MCS."""
-    facts = {
+    facts: dict[str, Any] = {
         "kernel": os.uname().release,
         "pid1": Path("/proc/1/comm").read_text().strip(),
         "systemd_booted": Path("/run/systemd/system").is_dir(),
