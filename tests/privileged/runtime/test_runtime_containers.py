@@ -390,3 +390,14 @@ def test_log_is_json_lines_rotated_by_size(
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert entries[-1]["log"] == "line-299\n" and entries[-1]["stream"] == "stdout"
     assert entries[-1]["time"].endswith("Z") and entries[-1]["ts"] > 0
+
+
+def test_namespaces_given_by_path_are_joined(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    first = running(runtime, cid, make_bundle(SLEEP))
+    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
+    namespaces.append({"type": "network", "path": f"/proc/{first}/ns/net"})
+    second = running(runtime, cid + "-b", make_bundle(SLEEP, linux={"namespaces": namespaces}))
+    assert os.readlink(f"/proc/{second}/ns/net") == os.readlink(f"/proc/{first}/ns/net")
+    assert os.readlink(f"/proc/{second}/ns/pid") != os.readlink(f"/proc/{first}/ns/pid")
