@@ -74,8 +74,9 @@ def test_guest_booted_and_reported_every_scenario(guest_run: GuestRun | GuestErr
     print(f"AVC denials: {len(denials)} ({len(enforced)} enforced)")
     for line in enforced[:20]:
         print(f"  {line}")
-    assert run.begin_seen, "the scenario runner never started in the guest"
-    assert run.end_line is not None, "the scenario runner did not finish"
+    tail = "\n".join(run.console.splitlines()[-40:])
+    assert run.begin_seen, f"the scenario runner never started in the guest; console:\n{tail}"
+    assert run.end_line is not None, f"the scenario runner did not finish; console:\n{tail}"
     missing = [name for name in EXPECTED if name not in run.scenarios]
     assert not missing, f"scenarios that did not report: {missing}"
 

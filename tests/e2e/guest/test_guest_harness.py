@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from guest_harness import GuestRun, parse_results, qemu_argv
+from guest_harness import GuestError, GuestRun, parse_results, qemu_argv
 
 RESULTS = """BEGIN uptime=50.1\r
 LOG selinux_mcs_isolation ctr-a pid 296 = system_u:system_r:container_t:s0:c1,c2\r
@@ -64,3 +64,13 @@ def test_guest_network_is_restricted_to_forwards_to_host_loopback(tmp_path: Path
     assert argv[argv.index("-accel") + 1].startswith("tcg")
     append = argv[argv.index("-append") + 1].split()
     assert {"security=selinux", "selinux=1", "enforcing=1"} <= set(append)
+
+
+def test_missing_qemu_is_an_error_naming_the_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import guest_harness
+
+    monkeypatch.setattr(guest_harness.shutil, "which", lambda name: None)
+    with pytest.raises(GuestError, match=r"step qemu: qemu-system-x86_64 is not installed"):
+        qemu_argv(tmp_path, tmp_path / "payload.img", tmp_path, 1, 2, "tok")
