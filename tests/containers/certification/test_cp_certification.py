@@ -205,7 +205,9 @@ def test_host_report_refuses_an_unknown_profile_and_unknown_hosts() -> None:
 
 
 def test_placement_refuses_uncertified_hosts_when_the_project_requires_them() -> None:
-    project = make_project("alpha", require_certified_hosts=True)
+    project = make_project(
+        "alpha", require_certified_hosts=True, host_profile="certified-container-host"
+    )
     operator = member(make_user("op"), project)
     failing = [
         {**f, "verdict": "fail"} if f["id"] == "cert.selinux.E002" else f
