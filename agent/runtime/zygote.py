@@ -42,8 +42,13 @@ class Zygote:
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
         self.lock = threading.Lock()
+        self.owner = os.getpid()
 
     def ensure_started(self) -> None:
+        if self.owner != os.getpid():
+            # We were forked (a Celery prefork child): the helper and its socket belong to
+            # the parent; start our own rather than interleave requests with it.
+            self.proc, self.sock, self.owner = None, None, os.getpid()
         if self.proc is not None and self.proc.poll() is None:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -66,6 +71,8 @@ class Zygote:
     ) -> dict[str, Any]:
         """Like :meth:`Runtime.create`, forked from the helper; the same errors.
         ``preserve_fds`` travel to the helper with the request (SCM_RIGHTS)."""
+        if self.owner != os.getpid():
+            self.lock = threading.Lock()  # a lock copied by fork may be held forever
         with self.lock:
             self.ensure_started()
             request = {"op": "create", "root": str(root), "id": container_id, "bundle": str(bundle)}

@@ -156,3 +156,26 @@ def test_shims_are_forked_by_the_zygote_not_the_agent(service: ContainerService)
     ppid = int(Path(f"/proc/{shim}/stat").read_text().rsplit(")", 1)[1].split()[1])
     assert service.zygote is not None and ppid == service.zygote.pid
     assert ppid != os.getpid()
+
+
+def test_a_forked_worker_gets_its_own_zygote(service: ContainerService) -> None:
+    import os
+
+    s = spec(["/bin/true"], mode="host")
+    service.create(s)  # starts the zygote in this process
+    parent_zygote = service.zygote.pid if service.zygote else None
+    child = os.fork()
+    if child == 0:  # like a Celery prefork child
+        code = 1
+        try:
+            other = spec(["/bin/true"], mode="host")
+            service.create(other)
+            ok = service.zygote is not None and service.zygote.pid != parent_zygote
+            service.remove(other.id, force=True)
+            service.close()
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert service.zygote is not None and service.zygote.pid == parent_zygote
