@@ -226,7 +226,10 @@ def container_logs(request: HttpRequest, container_id: str) -> HttpResponse:
     """The last lines of the container's output, fetched from its agent (polled by htmx)."""
     container = container_or_404(request, container_id)
     context: dict[str, Any] = {"c": container, "lines": [], "error": ""}
-    if container.host is None or not dispatch.host_is_reachable(container.host):
+    if container.observed_state == ObservedState.PENDING:
+        # Not created on the host yet: asking now would only record a failed query.
+        context["error"] = "the container is still being created"
+    elif container.host is None or not dispatch.host_is_reachable(container.host):
         context["error"] = (
             dispatch.offline_reason(container.host) if container.host else "not placed on a host"
         )

@@ -96,7 +96,10 @@ def host_detail(request: HttpRequest, host_id: str) -> HttpResponse:
     containers = container_selectors.container_list(request.user).filter(host=host)
     context = {
         "host": host,
-        "inventory": sorted((host.inventory or {}).items()),
+        # Sections by name; bookkeeping sections ("_meta") last.
+        "inventory": sorted(
+            (host.inventory or {}).items(), key=lambda kv: (kv[0].startswith("_"), kv[0])
+        ),
         "findings": sorted(
             host.findings or [],
             key=lambda f: {"fail": 0, "warn": 1}.get(str(f.get("verdict")), 2),
@@ -107,6 +110,7 @@ def host_detail(request: HttpRequest, host_id: str) -> HttpResponse:
         "certifications": host.certification_changes.all()[:20],
         "operations": container_selectors.operation_list(request.user)
         .filter(host=host)
+        .exclude(kind__in=(names.AGENT_CONTAINER_LOGS, names.AGENT_CONTAINER_STATS))
         .order_by("-created_at")[:10],
     }
     return page(

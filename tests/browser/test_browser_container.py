@@ -13,7 +13,7 @@ from django.contrib.auth import get_user_model
 
 from containers.models import Container, Project
 from hosts.models import Host
-from tests.browser.conftest import log_in
+from tests.browser.conftest import log_in, screenshot
 from tests.support.procs import PYTHON, REPO, wait_for
 
 
@@ -105,6 +105,18 @@ def test_container_from_the_form_runs_logs_stops_and_is_removed(
         )
         observed(page, "running")
         assert page.evaluate("window.__notReloaded") is True
+        # Usage comes from the agent's cgroup stats, sampled every 5 s by the page.
+        page.wait_for_function(
+            "document.querySelector('[data-testid=mem-now]')?.textContent.includes('B')",
+            timeout=30_000,
+        )
+        screenshot(page, "container-detail-running")
+        detail_url = page.url
+        page.goto(f"/hosts/{agent.host_id}/")
+        page.wait_for_selector("text=Certification findings")
+        screenshot(page, "host-detail-real")
+        page.goto(detail_url)
+        page.evaluate("window.__notReloaded = true")
 
         page.click("button[data-action=stop]")
         page.wait_for_selector("#action-result [data-testid=operation]")
