@@ -31,6 +31,12 @@ class AgentConfig:
     runtime_root: str = "/run/corral/runtime"
     cgroup_parent: str = "machine.slice"
     cgroup_driver: str | None = None
+    # This host's container bridge (each host has its own; the subnet must not collide with
+    # the host's networks) and whether containers' outgoing traffic is masqueraded.
+    network_bridge: str = "corral0"
+    network_subnet: str = "10.88.0.0/16"
+    network_nat: bool = True
+    network_firewall: str = "auto"
 
     @property
     def key_file(self) -> Path:

@@ -73,6 +73,7 @@ class Agent:
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
         self._containers: Any = None
+        self._network: Any = None
         self._images: Any = None
         self.last_inventory_hash = ""
 
@@ -86,8 +87,37 @@ class Agent:
             self._containers = ContainerService(
                 Path(self.config.state_dir) / "containers",
                 Path(self.config.runtime_root),
+                before_start=self.network.before_start,
             )
         return self._containers
+
+    @property
+    def network(self) -> Any:
+        """Bridge, ports and socket activation (``agent.network.integration``)."""
+        if self._network is None:
+            from agent.network.integration import ContainerNetworking, NetworkSettings
+
+            c = self.config
+            self._network = ContainerNetworking(
+                Path(c.state_dir) / "network",
+                NetworkSettings(
+                    bridge=c.network_bridge,
+                    subnet=c.network_subnet,
+                    nat=c.network_nat,
+                    firewall=c.network_firewall,
+                ),
+            )
+        return self._network
+
+    def container_list(self) -> list[Any]:
+        """Every container with its address and activation state."""
+        return [self.network.decorate(s) for s in self.containers.list()]
+
+    def network_startup(self) -> None:
+        """Free the network leftovers of containers that vanished while we were down."""
+        if (Path(self.config.state_dir) / "network").exists():
+            live = {s.id for s in self.containers.list()}
+            self.network.startup(live)
 
     @property
     def images(self) -> Any:
@@ -211,7 +241,7 @@ class Agent:
         containers = []
         if self._containers is not None or (Path(self.config.state_dir) / "containers").exists():
             try:
-                containers = self.containers.list()
+                containers = self.container_list()
             except Exception:
                 logger.exception("could not list containers for the heartbeat")
         return Heartbeat(
@@ -279,27 +309,38 @@ def _create(agent: Agent, msg: CreateContainer) -> dict[str, Any]:
                 step="image",
             )
         layers = agent.images.layers_for(record)
+    if spec.sockets:  # started by the first connection, not now
+        status = agent.network.create_activated(agent.containers, spec, layers)
+        return {"status": status.to_dict()}
     status = agent.containers.create(spec, layers)
     if msg.start:
         status = agent.containers.start(spec.id)
-    return {"status": status.to_dict()}
+    return {"status": agent.network.decorate(status).to_dict()}
 
 
 def _action(name: str) -> Handler:
     def run(agent: Agent, msg: ContainerAction) -> dict[str, Any]:
-        svc = agent.containers
-        if name == "start":
-            status = svc.start(msg.container_id)
+        svc, net, cid = agent.containers, agent.network, msg.container_id
+        activated = bool(svc.exists(cid) and svc.spec(cid).sockets)
+        if name in ("start", "restart") and activated:
+            if name == "restart":
+                net.disarm(cid)
+            status = net.rearm(svc, cid)  # armed (again); the next connection starts it
+        elif name == "start":
+            status = svc.start(cid)
         elif name == "stop":
-            status = svc.stop(msg.container_id, msg.timeout)
+            net.disarm(cid)  # an armed container stays stopped until started again
+            status = svc.stop(cid, msg.timeout)
         elif name == "restart":
-            status = svc.restart(msg.container_id)
+            status = svc.restart(cid)
         elif name == "remove":
-            svc.remove(msg.container_id, force=msg.force)
-            return {"removed": msg.container_id}
+            armed = net.disarm(cid)  # an armed container only waits: removing it is not forcing
+            svc.remove(cid, force=msg.force or armed)
+            net.removed(cid)
+            return {"removed": cid}
         else:
-            return {"stats": svc.stats(msg.container_id).to_dict()}
-        return {"status": status.to_dict()}
+            return {"stats": svc.stats(cid).to_dict()}
+        return {"status": net.decorate(status).to_dict()}
 
     return run
 
@@ -460,6 +501,10 @@ def run(config: AgentConfig, *, loglevel: str = "INFO") -> None:
     """Start the agent: outbox, heartbeats, first inventory, then consume host.<uuid>."""
     agent = Agent(config)
     register_tasks(agent)
+    try:
+        agent.network_startup()
+    except Exception:
+        logger.exception("network start-up clean-up failed")
     agent.reporter.start()
     Heartbeater(agent.reporter, config.heartbeat_interval, agent.heartbeat).start()
     try:

@@ -36,6 +36,50 @@ class ImageNotCertified(CorralError):
     code = "image_not_certified"
 
 
+class PortInUse(CorralError):
+    http_status = 409
+    code = "port_in_use"
+
+
+def _same_binding(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same host port and protocol on the same address (0.0.0.0 is every address)."""
+    if int(a["host_port"]) != int(b["host_port"]) or a.get("protocol", "tcp") != b.get(
+        "protocol", "tcp"
+    ):
+        return False
+    wildcard = "0.0.0.0"  # noqa: S104 - compared, not bound
+    ip_a, ip_b = a.get("host_ip", wildcard), b.get("host_ip", wildcard)
+    return wildcard in (ip_a, ip_b) or ip_a == ip_b
+
+
+def ports_conflict_check(container: Container) -> None:
+    """Refuse (409) a published host port that another live container on the same host, or
+    an earlier entry of this one, already holds; names the field and the holder."""
+    if not container.ports or container.host_id is None:
+        return
+    others = (
+        Container.objects.filter(host_id=container.host_id, removed_at__isnull=True)
+        .exclude(pk=container.pk)
+        .only("id", "name", "ports")
+    )
+    for i, mine in enumerate(container.ports):
+        field = f"ports[{i}].host_port"
+        where = (
+            f"{mine.get('host_ip', '0.0.0.0')}:{mine['host_port']}/{mine.get('protocol', 'tcp')}"  # noqa: S104
+        )
+        for j, earlier in enumerate(container.ports[:i]):
+            if _same_binding(mine, earlier):
+                raise PortInUse(f"{where} is already published by ports[{j}].", field=field)
+        for other in others:
+            if any(_same_binding(mine, theirs) for theirs in other.ports):
+                raise PortInUse(
+                    f"{where} is already published on host {container.host.name} by container "
+                    f"{other.name} ({other.pk}).",
+                    field=field,
+                    holder=str(other.pk),
+                )
+
+
 def container_event(container: Container, kind: str, message: str = "", **data: Any) -> None:
     ContainerEvent.objects.create(container=container, kind=kind, message=message[:512], data=data)
 
@@ -118,6 +162,7 @@ def container_spec(container: Container) -> ContainerSpec:
         data["user"] = container.user
     if container.mode == ContainerMode.IMAGE and container.image is not None:
         _apply_image_defaults(data, container.image)
+    data.update(_activation_from_labels(dict(container.labels)))
     if container.mode == ContainerMode.IMAGE:
         image: dict[str, Any] = {"reference": container.image_reference}
         if container.image and container.image.digest:
@@ -141,6 +186,40 @@ def _apply_image_defaults(data: dict[str, Any], image: Image) -> None:
         data["working_dir"] = defaults["working_dir"]
     if "user" not in data and defaults["user"]:
         data["user"] = defaults["user"]
+
+
+SOCKET_LABEL = "corral.socket."  # corral.socket.<name> = tcp://<ip>:<port> | unix:///path
+IDLE_STOP_LABEL = "corral.idle-stop-seconds"
+
+
+def _activation_from_labels(labels: dict[str, str]) -> dict[str, Any]:
+    """Socket activation, until the Container model has fields for it: sockets named by
+    ``corral.socket.<name>`` labels, idle stop by ``corral.idle-stop-seconds``."""
+    sockets = []
+    for key, value in sorted(labels.items()):
+        if not key.startswith(SOCKET_LABEL):
+            continue
+        name = key[len(SOCKET_LABEL) :]
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in ("tcp", "udp", "unix"):
+            raise CorralError(f"{value!r}: use tcp://ip:port, udp://ip:port or unix:///path.",
+                              field=f"labels.{key}")  # fmt: skip
+        if scheme == "unix":
+            sockets.append({"name": name, "protocol": "unix", "path": rest})
+            continue
+        host_ip, _, port = rest.rpartition(":")
+        if not port.isdigit() or not host_ip:
+            raise CorralError(f"{value!r}: needs an address and a port.", field=f"labels.{key}")
+        sockets.append({"name": name, "protocol": scheme, "host_ip": host_ip, "port": int(port)})
+    out: dict[str, Any] = {"sockets": sockets} if sockets else {}
+    idle = labels.get(IDLE_STOP_LABEL)
+    if idle is not None:
+        if not idle.isdigit():
+            raise CorralError(
+                "must be a whole number of seconds.", field=f"labels.{IDLE_STOP_LABEL}"
+            )
+        out["idle_stop_seconds"] = int(idle)
+    return out
 
 
 def _pull_for(container: Container) -> PullImage | None:
@@ -201,6 +280,7 @@ def container_create(
         container.image = _image_for(project, container.image_reference)
     decision = place(project, container, pinned=host)
     container.host = decision.host
+    ports_conflict_check(container)
     container.save()
     spec = container_spec(container)
     op = operation_create(

@@ -1,0 +1,244 @@
+"""Networking and socket activation wired into the agent's containers.
+
+The container service calls :meth:`ContainerNetworking.before_start` between create and
+start, when the container's namespaces exist and its user process has not run: bridge
+containers are attached (veth, address, published ports) and get ``/etc/resolv.conf`` and
+``/etc/hosts``; ``none`` containers get ``lo`` up; ``host`` containers share the agent's
+namespace and need nothing. Socket-activated containers are created holding the listening
+sockets (fds 3..) and started by an :class:`Activator` on the first connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.network import links
+from agent.network.activation import Activator
+from agent.network.errors import NetworkError
+from agent.network.manager import DEFAULT_SUBNET, Attachment, NetworkManager
+from agent.protocol.containers import ContainerSpec, ContainerStatus
+
+if TYPE_CHECKING:
+    from agent.containers.service import ContainerService
+
+logger = logging.getLogger(__name__)
+
+WAITING_DETAIL = "waiting for connection"
+# Inside a new pid namespace the container's process is pid 1: that is the LISTEN_PID its
+# sd_listen_fds() compares with getpid().
+CONTAINER_LISTEN_PID = "1"
+_GATE_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """This host's bridge: name, subnet, NAT for outgoing traffic, firewall backend."""
+
+    bridge: str = "corral0"
+    subnet: str = DEFAULT_SUBNET
+    nat: bool = True
+    firewall: str = "auto"
+
+
+class ContainerNetworking:
+    """One per agent: the bridge (created on first use), and the armed socket activators."""
+
+    def __init__(self, state_dir: Path, settings: NetworkSettings | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.settings = settings or NetworkSettings()
+        self._manager: NetworkManager | None = None
+        self._lock = threading.Lock()
+        self._activators: dict[str, Activator] = {}
+
+    @property
+    def manager(self) -> NetworkManager:
+        """Built on first use: it checks the subnet against the host's and picks a firewall."""
+        with self._lock:
+            if self._manager is None:
+                s = self.settings
+                self._manager = NetworkManager(
+                    self.state_dir, bridge=s.bridge, subnet=s.subnet, nat=s.nat, firewall=s.firewall
+                )
+            return self._manager
+
+    # -- between create and start ---------------------------------------------------------
+
+    def before_start(self, spec: ContainerSpec, pid: int) -> None:
+        """Connect the created container (host pid ``pid``) as its spec says."""
+        mode = spec.network.mode
+        if mode == "host":
+            return
+        netns = f"/proc/{pid}/ns/net"
+        if mode == "none":
+            links.loopback_only(netns)
+            return
+        attachment = self.manager.attach(spec.id, spec.name, netns, spec.network)
+        write_container_files(pid, attachment)
+
+    # -- socket activation ----------------------------------------------------------------
+
+    def create_activated(
+        self,
+        service: ContainerService,
+        spec: ContainerSpec,
+        layers: list[Path] | None,
+    ) -> ContainerStatus:
+        """Bind the spec's sockets, create the container holding them (not started) and arm
+        the activator: the first connection starts it. Idempotent for an armed id."""
+        if spec.id in self._activators:
+            return self.decorate(service.status(spec.id))
+        spec = with_listen_env(spec)
+        gate = threading.Event()  # a connection during create waits for the container
+
+        def start(fds: list[int]) -> int:
+            if not gate.wait(_GATE_TIMEOUT):
+                raise NetworkError("step.activation", "create did not finish")
+            status = service.start(spec.id, preserve_fds=tuple(fds))
+            if status.pid is None or status.state != "running":
+                raise NetworkError("step.activation", f"{spec.id} is {status.state} after start")
+            return status.pid
+
+        def stop() -> None:
+            service.stop(spec.id)
+
+        activator = Activator(spec.sockets, start, stop, spec.idle_stop_seconds)
+        activator.arm()
+        try:
+            if service.exists(spec.id):  # re-armed after a stop: same bundle, new sockets
+                status = service.prepare(spec.id, preserve_fds=tuple(activator.fds))
+            else:
+                status = service.create(spec, layers, preserve_fds=tuple(activator.fds))
+        except BaseException:
+            activator.close()
+            raise
+        finally:
+            gate.set()
+        self._activators[spec.id] = activator
+        logger.info("container %s armed on %s", spec.id, ",".join(activator.names))
+        return self.decorate(status)
+
+    def is_activated(self, container_id: str) -> bool:
+        return container_id in self._activators
+
+    def disarm(self, container_id: str) -> bool:
+        """Stop watching (and stop the container if the activator runs it). True if armed."""
+        activator = self._activators.pop(container_id, None)
+        if activator is None:
+            return False
+        activator.close()
+        return True
+
+    def rearm(self, service: ContainerService, container_id: str) -> ContainerStatus:
+        """``start`` of a socket-activated container: arm it again (fresh sockets, the
+        container re-created holding them)."""
+        if container_id in self._activators:
+            return self.decorate(service.status(container_id))
+        service.stop(container_id, 0)  # a created one still holds the old sockets
+        return self.create_activated(service, service.spec(container_id), None)
+
+    # -- reads and clean-up ---------------------------------------------------------------
+
+    def decorate(self, status: ContainerStatus) -> ContainerStatus:
+        """The status with the container's address, and "created / waiting for connection"
+        for an armed container that is not running (so nobody restarts it without its
+        sockets)."""
+        changes: dict[str, Any] = {}
+        lease = self._lease(status.id)
+        if lease is not None and status.state in ("created", "running"):
+            changes["ip_address"] = lease
+        activator = self._activators.get(status.id)
+        if activator is not None and status.state != "running":
+            changes.update(state="created", detail=WAITING_DETAIL, pid=None, exit_code=None)
+            changes["finished_at"] = None
+        return dataclasses.replace(status, **changes) if changes else status
+
+    def _lease(self, container_id: str) -> str | None:
+        if (
+            self._manager is None
+            and not (self.state_dir / f"{self.settings.bridge}.ipam.json").exists()
+        ):
+            return None
+        try:
+            lease = self.manager.ipam.get(container_id)
+        except (NetworkError, OSError):
+            logger.debug("no lease readable for %s", container_id, exc_info=True)
+            return None
+        return lease.ip_address if lease is not None else None
+
+    def removed(self, container_id: str) -> None:
+        """After the container is deleted: its veth, lease, port rules and files go."""
+        self.disarm(container_id)
+        if self._manager is None and not self.state_dir.exists():
+            return
+        self.manager.detach(container_id)
+
+    def startup(self, live_ids: set[str]) -> list[str]:
+        """At agent start-up: free what vanished containers held. Never fails the agent."""
+        if not self.state_dir.exists():
+            return []
+        try:
+            return self.manager.cleanup_orphans(live_ids)
+        except Exception:
+            logger.exception("network clean-up at start-up failed")
+            return []
+
+    def close(self) -> None:
+        """Disarm every activator (stops the containers they started)."""
+        for cid in list(self._activators):
+            self.disarm(cid)
+
+
+def with_listen_env(spec: ContainerSpec) -> ContainerSpec:
+    """The spec with ``LISTEN_FDS``/``LISTEN_PID``/``LISTEN_FDNAMES`` (sd_listen_fds(3))."""
+    env = dict(spec.env)
+    env.update(
+        LISTEN_FDS=str(len(spec.sockets)),
+        LISTEN_PID=CONTAINER_LISTEN_PID,
+        LISTEN_FDNAMES=":".join(s.name for s in spec.sockets),
+    )
+    return dataclasses.replace(spec, env=env)
+
+
+def write_container_files(pid: int, attachment: Attachment) -> None:
+    """Write resolv.conf and hosts into the created container's /etc, through its root
+    (``/proc/<pid>/root``) without following any symlink the image put there."""
+    with links.step("dns_files"):
+        root = os.open(f"/proc/{pid}/root", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir("etc", 0o755, dir_fd=root)
+            etc = os.open("etc", os.O_DIRECTORY | os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=root)  # fmt: skip
+            try:
+                for name, source in (
+                    ("resolv.conf", attachment.resolv_conf_path),
+                    ("hosts", attachment.hosts_path),
+                ):
+                    _write_in(etc, name, Path(source).read_bytes())
+            finally:
+                os.close(etc)
+        finally:
+            os.close(root)
+
+
+def _write_in(dir_fd: int, name: str, data: bytes) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, 0o644, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        os.unlink(name, dir_fd=dir_fd)  # a symlink in the image: replaced by a plain file
+        fd = os.open(name, flags, 0o644, dir_fd=dir_fd)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
