@@ -7,6 +7,7 @@ that needs no server. Production and the tests set DATABASE_URL and CELERY_BROKE
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from config.env import (
     env_bool,
@@ -187,7 +188,7 @@ CELERY_BEAT_SCHEDULE = {
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # --- Corral ------------------------------------------------------------------------------
-CORRAL = {
+CORRAL: dict[str, Any] = {
     # Host liveness: online -> unknown after UNKNOWN_AFTER s without a heartbeat -> offline.
     "HEARTBEAT_INTERVAL": env_float("CORRAL_HEARTBEAT_INTERVAL", 10.0, minimum=0.1),
     "UNKNOWN_AFTER": env_float("CORRAL_UNKNOWN_AFTER", 40.0, minimum=0.1),

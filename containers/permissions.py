@@ -22,4 +22,4 @@ def role_in(user: Any, project: Project) -> str | None:
 
 def has_role(user: Any, project: Project, needed: str) -> bool:
     role = role_in(user, project)
-    return role is not None and ROLE_RANK[role] >= ROLE_RANK[needed]
+    return role is not None and ROLE_RANK[Role(role)] >= ROLE_RANK[Role(needed)]

@@ -33,14 +33,14 @@ class AuditMiddleware:
         kwargs = match.kwargs if match else {}
         user = getattr(request, "user", None)
         drf_user = user  # DRF propagates token-authenticated users to the HttpRequest
-        authenticated = bool(drf_user and drf_user.is_authenticated)
+        authenticated = drf_user is not None and bool(drf_user.is_authenticated)
         action = (match.url_name or match.view_name) if match else ""
         extra_action = request.path.rstrip("/").rsplit("/", 1)[-1]
         if match and extra_action and extra_action not in (kwargs.get("pk"), ""):
             action = f"{action}:{extra_action}" if action else extra_action
         AuditEntry.objects.create(
             user=drf_user if authenticated else None,
-            username=drf_user.get_username() if authenticated else "",
+            username=drf_user.get_username() if drf_user is not None and authenticated else "",
             action=(action or request.path)[:64],
             method=request.method or "",
             path=request.path[:512],

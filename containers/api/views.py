@@ -20,6 +20,7 @@ from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 
 from agent.protocol import names
 from agent.protocol.messages import ContainerAction, LogsRequest
@@ -77,7 +78,8 @@ class ProjectViewSet(viewsets.ModelViewSet):
             return [permissions.IsAdminUser()]
         return [permissions.IsAuthenticated()]
 
-    def perform_update(self, serializer: ProjectSerializer) -> None:
+    def perform_update(self, serializer: BaseSerializer[Project]) -> None:
+        assert isinstance(serializer.instance, Project)
         require_role(self.request, serializer.instance, Role.ADMIN)
         quota_fields = {
             "max_containers",
@@ -359,9 +361,10 @@ class ImageViewSet(viewsets.ModelViewSet):
             body = RegistryCredentialSerializer(cred).data
             return Response(body, status=status.HTTP_201_CREATED)
         slug = request.query_params.get("project", "")
-        project = selectors.project_list(request.user).filter(slug=slug).first()
-        if project is None:
+        found = selectors.project_list(request.user).filter(slug=slug).first()
+        if found is None:
             raise ValidationError({"project": [f"Object with slug={slug} does not exist."]})
+        project = found
         rows = RegistryCredential.objects.filter(project=project).select_related("project")
         if request.method == "DELETE":
             require_role(request, project, Role.ADMIN)

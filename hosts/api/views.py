@@ -11,6 +11,7 @@ from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
@@ -47,7 +48,7 @@ class HostViewSet(viewsets.ModelViewSet):
     def get_serializer_class(self) -> type:
         return HostDetailSerializer if self.action == "retrieve" else HostSerializer
 
-    def perform_create(self, serializer: HostSerializer) -> None:
+    def perform_create(self, serializer: BaseSerializer[Host]) -> None:
         serializer.instance = services.host_create(**serializer.validated_data)
 
     @extend_schema(responses=HostStatusChangeSerializer(many=True))
@@ -61,7 +62,8 @@ class HostViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["post"])
     def maintenance(self, request: Request, pk: str | None = None) -> Response:
         host = self.get_object()
-        enabled = request.data.get("enabled", True) in (True, "true", "1", 1)
+        data = request.data if isinstance(request.data, dict) else {}
+        enabled = data.get("enabled", True) in (True, "true", "1", 1)
         Host.objects.filter(pk=host.pk).update(maintenance=enabled)
         host.refresh_from_db()
         return Response(HostSerializer(host).data)
