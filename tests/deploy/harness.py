@@ -6,6 +6,7 @@ tests notice when a file changes in a way they would no longer cover.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -14,13 +15,13 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.fernet import Fernet
 
-from tests.support.procs import REPO, Proc
+from tests.support.procs import REPO, Proc, free_port, running, wait_port
 
 DEPLOY = REPO / "deploy"
 SITE_NAME = "corral.example.org"
@@ -224,3 +225,18 @@ def stop_like_systemd(proc: Proc, name: str) -> float:
     took = time.monotonic() - started
     assert code == 0, f"{name} exited {code} on SIGTERM:\n{proc.log()[-3000:]}"
     return took
+
+
+@contextlib.contextmanager
+def private_redis(directory: Path) -> Iterator[str]:
+    """A Redis of the test's own on loopback, with a password as the README sets one up; its
+    broker URL. (The filesystem transport of development writes control files into the
+    working directory, which is the checkout here and read-only under the units' sandbox.)"""
+    port = free_port()
+    argv = [
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--requirepass", "s3cret",
+        "--save", "", "--appendonly", "no", "--dir", str(directory),
+    ]  # fmt: skip
+    with running("redis", argv, log_dir=directory):
+        wait_port("127.0.0.1", port)
+        yield f"redis://:s3cret@127.0.0.1:{port}/0"

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from tests.deploy.harness import (
     SITE_NAME,
     UNITS,
     from_checkout,
+    private_redis,
     render_nginx_site,
     stop_like_systemd,
     unit_argv,
@@ -53,8 +55,16 @@ def get(
     return response
 
 
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[str]:
+    with private_redis(tmp_path) as url:
+        yield url
+
+
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="needs nginx")
-def test_web_unit_serves_django_over_https_behind_the_example_nginx(tmp_path: Path) -> None:
+def test_web_unit_serves_django_over_https_behind_the_example_nginx(
+    tmp_path: Path, broker: str
+) -> None:
     var_dir = tmp_path / "var"
     var_dir.mkdir()
     web_port = free_port()
@@ -69,6 +79,7 @@ def test_web_unit_serves_django_over_https_behind_the_example_nginx(tmp_path: Pa
         CORRAL_WEB_WORKERS="1",
         CORRAL_WEB_THREADS="4",
         NOTIFY_SOCKET=str(notify),
+        CELERY_BROKER_URL=broker,
     )
     # The README's steps before the first start.
     collect = subprocess.run(
@@ -140,6 +151,17 @@ def test_web_unit_serves_django_over_https_behind_the_example_nginx(tmp_path: Pa
     assert f"/static/{css}" not in web.log()  # gunicorn never saw the static request
 
 
+def queued(broker: str) -> int:
+    """Messages waiting on the controlplane queue (a Redis list under kombu's transport)."""
+    import redis
+
+    client = redis.Redis.from_url(broker)
+    try:
+        return int(client.llen("controlplane"))
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize(
     ("name", "ready"),
     [
@@ -148,19 +170,18 @@ def test_web_unit_serves_django_over_https_behind_the_example_nginx(tmp_path: Pa
     ],
 )
 def test_celery_units_start_and_stop_cleanly_on_sigterm(
-    name: str, ready: str, tmp_path: Path
+    name: str, ready: str, tmp_path: Path, broker: str
 ) -> None:
     var_dir = tmp_path / "var"
     var_dir.mkdir()
-    env = unit_env(name, var_dir)
+    env = unit_env(name, var_dir, CELERY_BROKER_URL=broker)
     cwd = Path(from_checkout(unit_value(UNITS / name, "Service", "WorkingDirectory")))
     with running(name, unit_argv(name), env=env, cwd=cwd, log_dir=tmp_path) as proc:
         wait_for(lambda: ready in proc.log() or not proc.alive(), 90, f"{name}: {ready!r}")
         assert proc.alive(), proc.log()[-3000:]
         if name == "corral-beat.service":
             # beat sends the liveness sweep at once, to the broker named in the env file.
-            queue = var_dir / "broker" / "queue"
-            wait_for(lambda: queue.is_dir() and any(queue.iterdir()), 30, "a periodic task sent")
+            wait_for(lambda: queued(broker) > 0, 30, "a periodic task on the controlplane queue")
             assert any(var_dir.glob("celerybeat-schedule*"))
         took = stop_like_systemd(proc, name)
         print(f"{name} stopped {took:.2f} s after SIGTERM")

@@ -21,6 +21,7 @@ import pytest
 from tests.deploy.harness import (
     UNITS,
     from_checkout,
+    private_redis,
     stop_like_systemd,
     unit_argv,
     unit_env,
@@ -63,16 +64,8 @@ def var_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[str]:
-    """A private Redis with a password, as the README sets one up (the filesystem transport
-    of development keeps its control files in the working directory, read-only here)."""
-    port = free_port()
-    argv = [
-        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--requirepass", "s3cret",
-        "--save", "", "--appendonly", "no", "--dir", str(tmp_path),
-    ]  # fmt: skip
-    with running("redis", argv, log_dir=tmp_path):
-        wait_port("127.0.0.1", port)
-        yield f"redis://:s3cret@127.0.0.1:{port}/0"
+    with private_redis(tmp_path) as url:
+        yield url
 
 
 def prepare(var_dir: Path, env: dict[str, str]) -> None:
