@@ -1,21 +1,30 @@
 #!/usr/bin/env python
 """How many heartbeats per second the control plane ingests on this machine.
 
-Real parts: PostgreSQL (a scratch database, dropped at the end), a private Redis, and the real
-control-plane Celery worker process (prefork, 2 processes: this machine has 2 cores). Simulated
-hosts are Host rows with their own Ed25519 keys; their heartbeats are real signed envelopes,
-published to the ``controlplane`` queue before the worker starts, then timed from the worker's
-first to last write. Peer, in the same run and worker: a no-op Celery task (Celery's own
-floor on this machine), so the ratio says what our ingestion costs above Celery itself.
-Also printed: rows added to the database per 1,000 beats (must be ~0: no row per beat).
+Real parts: PostgreSQL (a scratch database, dropped at the end), a private Redis, and real
+control-plane processes. Simulated hosts are Host rows with their own Ed25519 keys; their
+heartbeats are real signed envelopes, published before the consumer starts, then timed from
+the first message taken to the last one acked.
 
-    python bench/heartbeats.py [--hosts 2000] [--beats 20000]
+- ours: the batch path, ``manage.py ingest_heartbeats`` (kombu consumer, verify every beat,
+  one bulk UPDATE per batch) on the ``controlplane.heartbeats`` queue;
+- peer: a no-op Celery task on the real control-plane worker (prefork, 2 processes: this
+  machine has 2 cores), Celery's own floor here;
+- also printed: the single-task path (``controlplane.heartbeat.report`` per beat on that worker).
+
+Each path runs ``--repeat`` times in this process; medians are printed with the load average,
+hosts updated and rows added to the database per 1,000 beats (must be 0: no row per beat).
+
+    python bench/heartbeats.py [--hosts 2000] [--beats 20000] [--repeat 3] [--consumers 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,11 +38,24 @@ sys.path.insert(0, str(REPO))
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hosts", type=int, default=2000)
-    parser.add_argument("--beats", type=int, default=20000)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--beats", type=int, default=20000, help="beats for the batch path")
+    parser.add_argument(
+        "--celery-beats",
+        type=int,
+        default=3000,
+        help="messages for the peer and the single-task path (they are ~20x slower)",
+    )
+    parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
+    parser.add_argument("--consumers", type=int, default=1, help="ingest_heartbeats processes")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-single", action="store_true", help="skip the per-task path")
     args = parser.parse_args()
 
     from tests.support.procs import Proc, free_port, wait_port
+
+    # A SIGTERM (timeout, Ctrl-C from a runner) still stops Redis and drops the scratch database.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
 
     work = Path(tempfile.mkdtemp(prefix="corral-bench-"))
     port = free_port()
@@ -71,6 +93,7 @@ def main() -> int:
         return run(args, env, work)
     finally:
         redis_proc.stop()
+        shutil.rmtree(work, ignore_errors=True)
         from django.db import connections
 
         connections.close_all()
@@ -93,12 +116,14 @@ def run(args: argparse.Namespace, env: dict[str, str], work: Path) -> int:
 
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
     django.setup()
+    import redis
     from django.core.management import call_command
     from django.db import connection
 
     from agent.protocol import envelope, names
     from agent.protocol.messages import Heartbeat
     from config.celery import app
+    from hosts.ingest import HEARTBEAT_QUEUE
     from hosts.models import Host
     from tests.support.procs import PYTHON, Proc
 
@@ -114,93 +139,131 @@ def run(args: argparse.Namespace, env: dict[str, str], work: Path) -> int:
             for i in range(args.hosts)
         ]
     )
+    broker = redis.Redis.from_url(env["CELERY_BROKER_URL"])
+    tables = connection.introspection.django_table_names(only_existing=True)
 
     def count_rows() -> int:
+        total = 0
         with connection.cursor() as cur:
-            cur.execute("SELECT sum(n_live_tup) FROM pg_stat_user_tables")
-            return int(cur.fetchone()[0] or 0)
+            for table in tables:
+                cur.execute(f"SELECT count(*) FROM {connection.ops.quote_name(table)}")  # noqa: S608
+                total += cur.fetchone()[0]
+        return total
 
-    def publish(task: str, messages: list[dict]) -> None:
+    def heartbeats(base_seq: int, count: int) -> list[dict]:
+        """``count`` signed beats, round robin over the hosts, seq growing per round."""
+        out = []
+        for i in range(count):
+            h = i % len(hosts)
+            out.append(
+                envelope.seal(
+                    keys[h % len(keys)],
+                    kind=names.CP_HEARTBEAT,
+                    host_id=str(hosts[h].pk),
+                    payload=Heartbeat(
+                        seq=base_seq + i // len(hosts),
+                        sent_at=time.time(),
+                        agent_version=f"bench-{base_seq}",
+                        load1=0.5,
+                        memory_total=8 << 30,
+                        memory_available=4 << 30,
+                    ),
+                )
+            )
+        return out
+
+    def publish(task: str, queue: str, messages: list[dict]) -> None:
         with app.producer_or_acquire() as producer:
             for message in messages:
-                app.send_task(
-                    task, kwargs={"message": message}, queue="controlplane", producer=producer
-                )
+                app.send_task(task, kwargs={"message": message}, queue=queue, producer=producer)
 
-    def drain(task: str, messages: list[dict], marker_host: Host | None) -> float:
-        publish(task, messages)
-        worker = Proc(
-            "worker",
-            [
-                PYTHON,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                "controlplane",
-                "-c",
-                str(args.concurrency),
-                "-l",
-                "WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            env=env,
-            log_dir=work,
-        )
+    def timed(queue: str, total: int, argv: list[str], processes: int) -> float:
+        """Start the consumers, time from the first message taken to the last one acked."""
+        procs = [
+            Proc(f"{queue}-{i}-{time.monotonic_ns()}", argv, env=env, log_dir=work)
+            for i in range(processes)
+        ]
         try:
-            import redis
-
-            r = redis.Redis.from_url(env["CELERY_BROKER_URL"])
-            while r.llen("controlplane") == len(messages):
+            while broker.llen(queue) == total:
+                if not all(p.alive() for p in procs):
+                    raise RuntimeError(procs[0].log())
                 time.sleep(0.001)
             started = time.monotonic()
-            while r.llen("controlplane") > 0 or r.hlen("unacked") > 0:
-                time.sleep(0.005)
+            while broker.llen(queue) > 0 or broker.hlen("unacked") > 0:
+                time.sleep(0.002)
             return time.monotonic() - started
         finally:
-            worker.stop()
+            for p in procs:
+                p.stop()
 
-    beats = []
-    seq = 1
-    for i in range(args.beats):
-        host = hosts[i % len(hosts)]
-        if i % len(hosts) == 0:
-            seq += 1
-        beats.append(
-            envelope.seal(
-                keys[(i % len(hosts)) % len(keys)],
-                kind=names.CP_HEARTBEAT,
-                host_id=str(host.pk),
-                payload=Heartbeat(
-                    seq=seq,
-                    sent_at=time.time(),
-                    agent_version="bench",
-                    load1=0.5,
-                    memory_total=8 << 30,
-                    memory_available=4 << 30,
-                ),
-            )
+    def celery_worker() -> list[str]:
+        return [
+            *(PYTHON, "-m", "celery", "-A", "config", "worker", "-Q", "controlplane"),
+            *("-c", str(args.concurrency), "-l", "WARNING"),
+            *("--without-gossip", "--without-mingle", "--without-heartbeat"),
+        ]
+
+    consumer = [
+        *(PYTHON, "manage.py", "ingest_heartbeats", "--batch-size", str(args.batch_size)),
+        *("--max-wait-ms", "100"),
+    ]
+    results: dict[str, list[float]] = {"peer": [], "single": [], "ours": []}
+    updated: dict[str, list[int]] = {"single": [], "ours": []}
+    rows: dict[str, list[float]] = {"single": [], "ours": []}
+    loads = [os.getloadavg()[0]]
+    base = 1
+    for run_no in range(1, args.repeat + 1):
+        n = args.celery_beats
+        publish("controlplane.bench.noop", "controlplane", [{"n": i} for i in range(n)])
+        results["peer"].append(n / timed("controlplane", n, celery_worker(), 1))
+        print(f"run {run_no}: peer {results['peer'][-1]:.0f} msgs/s", flush=True)
+        paths = [("ours", HEARTBEAT_QUEUE, consumer, args.consumers, args.beats)]
+        if not args.skip_single:
+            paths.append(("single", "controlplane", celery_worker(), 1, n))
+        for name, queue, argv, processes, count in paths:
+            base += 1000
+            beats = heartbeats(base, count)
+            before = count_rows()
+            publish(names.CP_HEARTBEAT, queue, beats)
+            results[name].append(count / timed(queue, count, argv, processes))
+            rows[name].append(1000 * (count_rows() - before) / count)
+            updated[name].append(Host.objects.filter(agent_version=f"bench-{base}").count())
+            print(f"run {run_no}: {name} {results[name][-1]:.0f} beats/s", flush=True)
+        loads.append(os.getloadavg()[0])
+
+    med = {k: statistics.median(v) for k, v in results.items() if v}
+    print(
+        f"hosts={args.hosts} beats={args.beats} (peer, single: {args.celery_beats}) "
+        f"repeat={args.repeat} "
+        f"celery worker processes={args.concurrency} ingest consumers={args.consumers} "
+        f"batch={args.batch_size} cores={os.cpu_count()}"
+    )
+    print(f"load average (1 min) during the runs: {' '.join(f'{x:.1f}' for x in loads)}")
+    print(f"peer   celery no-op task         : {med['peer']:8.0f} msgs/s  {_runs(results['peer'])}")
+    print(f"ours   batch ingestion           : {med['ours']:8.0f} beats/s {_runs(results['ours'])}")
+    if results["single"]:
+        print(
+            f"single one Celery task per beat  : {med['single']:8.0f} beats/s "
+            f"{_runs(results['single'])}"
         )
-    noop = [{"n": i} for i in range(args.beats)]
-    rows_before = count_rows()
-    peer_s = drain("controlplane.bench.noop", noop, None)
-    ours_s = drain(names.CP_HEARTBEAT, beats, hosts[-1])
-    rows_after = count_rows()
-    updated = Host.objects.filter(agent_version="bench").count()
-    ours = args.beats / ours_s
-    peer = args.beats / peer_s
-    print(f"hosts={args.hosts} beats={args.beats} worker processes={args.concurrency}")
-    print(f"peer  celery no-op task      : {peer:8.0f} msgs/s")
-    print(f"ours  heartbeat ingestion    : {ours:8.0f} beats/s")
-    print(f"ratio ours/peer              : {ours / peer:8.2f}")
-    print(f"target 2000 beats/s (20,000 hosts at 10 s): {'met' if ours >= 2000 else 'NOT met'}")
-    print(f"hosts updated                : {updated}/{args.hosts}")
-    print(f"rows added per 1,000 beats   : {1000 * (rows_after - rows_before) / args.beats:.2f}")
+    print(f"ratio  ours/peer                 : {med['ours'] / med['peer']:8.2f}")
+    if results["single"]:
+        print(f"ratio  ours/single               : {med['ours'] / med['single']:8.2f}")
+    print(
+        "target 2000 beats/s (20,000 hosts at 10 s): "
+        + ("met" if med["ours"] >= 2000 else "NOT met")
+    )
+    for name in updated:
+        if updated[name]:
+            print(
+                f"{name:6} hosts updated per run       : {updated[name]} of {args.hosts}; "
+                f"rows added per 1,000 beats: {rows[name]}"
+            )
     return 0
+
+
+def _runs(values: list[float]) -> str:
+    return "(runs: " + ", ".join(f"{v:.0f}" for v in values) + ")"
 
 
 if __name__ == "__main__":

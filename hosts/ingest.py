@@ -13,6 +13,8 @@ Celery task, which hands it a batch of one.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import signal
 import time
@@ -56,9 +58,9 @@ class ContainersHook(Protocol):
 
 @dataclass(frozen=True)
 class Beat:
-    """A verified heartbeat and the host that signed it."""
+    """A verified heartbeat and the id of the host that signed it."""
 
-    host: Host
+    host_id: str
     heartbeat: Heartbeat
 
 
@@ -111,12 +113,12 @@ def verify_heartbeats(
     the whole batch; parsed keys are cached). Same checks and reasons as
     ``hosts.reports.verify_report``; returns the verified beats and the rejection reasons."""
     ids = {hid for hid in map(_host_id_of, messages) if hid is not None}
-    hosts = {str(h.pk): h for h in Host.objects.filter(pk__in=ids).defer(*_DEFERRED)}
+    keys = _public_keys(ids)
     beats: list[Beat] = []
     rejected: list[str] = []
     for data in messages:
         try:
-            beats.append(_verify_one(data, hosts, now))
+            beats.append(_verify_one(data, keys, now))
         except _Rejected as exc:
             rejected.append(str(exc))
     return beats, rejected
@@ -126,16 +128,29 @@ class _Rejected(Exception):
     pass
 
 
-def _verify_one(data: Any, hosts: dict[str, Host], now: float | None) -> Beat:
+def _public_keys(ids: set[str]) -> dict[str, str]:
+    """{host id: public key text} of enrolled hosts, in one query (no model instances: only
+    the few hosts that change status or containers are loaded as such)."""
+    if not ids:
+        return {}
+    rows = Host.objects.filter(pk__in=ids).exclude(public_key="").values_list("id", "public_key")
+    return {str(pk): key for pk, key in rows}
+
+
+def hosts_by_id(ids: Iterable[str]) -> dict[str, Host]:
+    return {str(h.pk): h for h in Host.objects.filter(pk__in=set(ids)).defer(*_DEFERRED)}
+
+
+def _verify_one(data: Any, keys: dict[str, str], now: float | None) -> Beat:
     kind = names.CP_HEARTBEAT
     raw_id = data.get("host_id") if isinstance(data, dict) else None
     if not isinstance(raw_id, str):
         raise _Rejected("report has no host_id")
-    host = hosts.get(raw_id) if _host_id_of(data) else None
-    if host is None or not host.public_key:
+    key_text = keys.get(raw_id) if _host_id_of(data) else None
+    if not key_text:
         raise _Rejected(f"report from unknown or unenrolled host {raw_id!r}")
     try:
-        key = host_public_key(host.public_key)
+        key = host_public_key(key_text)
         _, message = envelope.open_envelope(
             data, key, expected_kind=kind, expected_host=raw_id, now=now
         )
@@ -146,44 +161,43 @@ def _verify_one(data: Any, hosts: dict[str, Host], now: float | None) -> Beat:
     problem = _column_problem(message)
     if problem:
         raise _Rejected(f"{kind} claiming host {raw_id}: {problem}")
-    return Beat(host=host, heartbeat=message)
+    return Beat(host_id=raw_id, heartbeat=message)
 
 
 def newest_per_host(beats: Iterable[Beat]) -> list[Beat]:
     """Only the highest seq of each host matters: older beats in a batch are superseded."""
     best: dict[str, Beat] = {}
     for beat in beats:
-        key = str(beat.host.pk)
+        key = beat.host_id
         if key not in best or beat.heartbeat.seq > best[key].heartbeat.seq:
             best[key] = beat
-    return sorted(best.values(), key=lambda b: str(b.host.pk))
+    return sorted(best.values(), key=lambda b: b.host_id)
 
 
 # --- writing -------------------------------------------------------------------------------
 
 
 def _bulk_update_postgres(beats: Sequence[Beat], now: datetime) -> dict[str, str]:
-    """One ``UPDATE ... FROM (VALUES ...)`` for the batch; only rows whose stored seq is lower
-    change. Returns {host id: status} of the updated hosts (status as stored, before any
-    transition), so transitions are looked at for those rows only."""
+    """One UPDATE for the batch, joined to the beats passed as six arrays (``unnest``: the same
+    as ``FROM (VALUES ...)`` with a constant statement of seven parameters whatever the batch
+    size, so the driver does not parse thousands of placeholders). Only rows whose stored seq
+    is lower change. Returns {host id: status} of the updated hosts."""
     meta = Host._meta
     qn = connection.ops.quote_name
 
     def col(name: str) -> str:
         return qn(meta.get_field(name).column)
 
-    row = "(%s::uuid, %s::bigint, %s::varchar, %s::double precision, %s::bigint, %s::bigint)"
-    params: list[Any] = [now]
-    for beat in beats:
-        hb = beat.heartbeat
-        params += [
-            str(beat.host.pk),
-            hb.seq,
-            hb.agent_version,
-            hb.load1,
-            hb.memory_available,
-            hb.memory_total,
-        ]
+    hbs = [b.heartbeat for b in beats]
+    params: list[Any] = [
+        now,
+        [uuid.UUID(b.host_id) for b in beats],
+        [hb.seq for hb in hbs],
+        [hb.agent_version for hb in hbs],
+        [hb.load1 for hb in hbs],
+        [hb.memory_available for hb in hbs],
+        [hb.memory_total for hb in hbs],
+    ]
     # memory_total: a beat without it (or 0) keeps the stored value, as host_heartbeat_record.
     # Identifiers come from the model's metadata; every value is a query parameter.
     sql = (
@@ -191,7 +205,8 @@ def _bulk_update_postgres(beats: Sequence[Beat], now: datetime) -> dict[str, str
         f"{col('last_heartbeat_at')} = %s, {col('agent_version')} = v.agent_version, "
         f"{col('load1')} = v.load1, {col('memory_available')} = v.memory_available, "
         f"{col('memory_total')} = COALESCE(NULLIF(v.memory_total, 0), h.{col('memory_total')}) "
-        f"FROM (VALUES {', '.join([row] * len(beats))}) "
+        "FROM unnest(%s::uuid[], %s::bigint[], %s::varchar[], %s::double precision[], "
+        "%s::bigint[], %s::bigint[]) "
         "AS v(id, seq, agent_version, load1, memory_available, memory_total) "
         f"WHERE h.{col('id')} = v.id AND h.{col('last_seq')} < v.seq "
         f"RETURNING h.{col('id')}, h.{col('status')}"
@@ -202,18 +217,16 @@ def _bulk_update_postgres(beats: Sequence[Beat], now: datetime) -> dict[str, str
 
 
 def _come_online(beats: Sequence[Beat], updated: dict[str, str], now: datetime) -> int:
-    """unknown/offline/pending -> online, with a history row, for updated hosts not online."""
+    """unknown/offline/pending -> online, with a history row, for updated hosts not online
+    (usually none: only those rows are loaded)."""
+    waking = {hid for hid, status in updated.items() if status != HostStatus.ONLINE}
+    if not waking:
+        return 0
+    seq = {b.host_id: b.heartbeat.seq for b in beats}
     count = 0
-    for beat in beats:
-        status = updated.get(str(beat.host.pk))
-        if status is None:
-            continue
-        host = beat.host
-        host.status = status
-        host.last_seq, host.last_heartbeat_at = beat.heartbeat.seq, now
-        if status != HostStatus.ONLINE and services.host_set_status(
-            host, HostStatus.ONLINE, reason="heartbeat received"
-        ):
+    for host_id, host in sorted(hosts_by_id(waking).items()):
+        host.last_seq, host.last_heartbeat_at = seq[host_id], now
+        if services.host_set_status(host, HostStatus.ONLINE, reason="heartbeat received"):
             count += 1
     return count
 
@@ -223,8 +236,11 @@ def _apply_one_by_one(beats: Sequence[Beat], now: datetime) -> tuple[set[str], i
     beat in its own transaction so one bad row cannot hold back the others."""
     fresh: set[str] = set()
     online = 0
+    hosts = hosts_by_id(b.host_id for b in beats)
     for beat in beats:
-        host, hb = beat.host, beat.heartbeat
+        host, hb = hosts.get(beat.host_id), beat.heartbeat
+        if host is None:  # deleted since it was verified
+            continue
         before = host.status
         try:
             with transaction.atomic():
@@ -298,26 +314,44 @@ class HeartbeatIngestor:
         result.updated = len(fresh)
         result.stale = result.verified - result.updated
         if self.containers is not None:
-            newest = {str(b.host.pk): b for b in newest_per_host(beats)}
-            for host_id in sorted(fresh):
-                result.container_updates += self._containers(newest[host_id])
+            result.container_updates = self._apply_containers(newest_per_host(beats), fresh)
         return result
 
-    def _containers(self, beat: Beat) -> int:
+    def _apply_containers(self, beats: Sequence[Beat], fresh: set[str]) -> int:
+        """Call the containers hook for updated hosts whose list changed or whose check for
+        missing containers is due; the hosts are loaded in one query, only those."""
         assert self.containers is not None
-        key = str(beat.host.pk)
-        statuses = list(beat.heartbeat.containers)
-        fingerprint = hash(tuple(statuses))
         every = self.missing_check_every
         if every is None:
             every = float(settings.CORRAL["HEARTBEAT_INTERVAL"])
         mono = time.monotonic()
-        check_missing = mono - self._last_missing_check.get(key, -every) >= every
-        changed = self._fingerprints.get(key) != fingerprint
-        if not (changed or check_missing):
+        due: list[tuple[Beat, int, bool]] = []
+        for beat in beats:
+            if beat.host_id not in fresh:
+                continue
+            fingerprint = hash(tuple(beat.heartbeat.containers))
+            check_missing = mono - self._last_missing_check.get(beat.host_id, -every) >= every
+            if check_missing or self._fingerprints.get(beat.host_id) != fingerprint:
+                due.append((beat, fingerprint, check_missing))
+        if not due:
             return 0
+        hosts = hosts_by_id(b.host_id for b, _, _ in due)
+        count = 0
+        for beat, fingerprint, check_missing in due:
+            host = hosts.get(beat.host_id)
+            if host is not None:
+                count += self._containers_of(host, beat, fingerprint, check_missing, mono)
+        return count
+
+    def _containers_of(
+        self, host: Host, beat: Beat, fingerprint: int, check_missing: bool, mono: float
+    ) -> int:
+        assert self.containers is not None
+        key = beat.host_id
         try:
-            count = self.containers(beat.host, statuses, check_missing=check_missing)
+            count = self.containers(
+                host, list(beat.heartbeat.containers), check_missing=check_missing
+            )
         except Exception:
             # The host part is committed; the next beat retries the containers.
             self._fingerprints.pop(key, None)
@@ -348,6 +382,84 @@ def envelope_of(body: Any, headers: dict[str, Any] | None) -> Any:
     if not isinstance(kwargs, dict) or "message" not in kwargs:
         raise _Rejected("task kwargs have no 'message'")
     return kwargs["message"]
+
+
+# Pops up to ARGV[1] messages from the queue and records each as unacked exactly as kombu's
+# Redis QoS does (hash "unacked": tag -> [message, exchange, routing_key]; zset
+# "unacked_index": tag -> time), in one round trip. So a consumer that dies before its ack
+# loses nothing: any kombu consumer of this broker (the control-plane worker) restores
+# unacked messages after the visibility timeout, as it does for Celery's own.
+_POP_BATCH = """
+local msgs = redis.call('RPOP', KEYS[1], tonumber(ARGV[1]))
+if not msgs then return {} end
+for i, m in ipairs(msgs) do
+  local tag = ARGV[4 + i]
+  redis.call('HSET', KEYS[2], tag, '[' .. m .. ',' .. ARGV[2] .. ',' .. ARGV[3] .. ']')
+  redis.call('ZADD', KEYS[3], ARGV[4], tag)
+end
+return msgs
+"""
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    tag: str
+    raw: bytes
+
+
+class RedisBatchSource:
+    """Batch get/ack on a Redis broker: one script call takes a whole batch, one transaction
+    acks it. kombu takes three round trips per message (BRPOP, unacked bookkeeping, ack),
+    which alone would cap a loaded 2-core machine below the fleet's heartbeat rate."""
+
+    unacked_key = "unacked"
+    unacked_index_key = "unacked_index"
+
+    def __init__(self, url: str, queue: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+        self.queue = queue
+        self._pop = self.client.register_script(_POP_BATCH)
+        self._route = json.dumps(queue)  # Celery declares exchange = routing key = queue name
+
+    def get(self, limit: int) -> list[_Delivery]:
+        tags = [uuid.uuid4().hex for _ in range(limit)]
+        raws = self._pop(
+            keys=[self.queue, self.unacked_key, self.unacked_index_key],
+            args=[limit, self._route, self._route, time.time(), *tags],
+        )
+        return [_Delivery(tag, raw) for tag, raw in zip(tags, raws, strict=False)]
+
+    def ack(self, deliveries: Sequence[_Delivery]) -> None:
+        if deliveries:
+            tags = [d.tag for d in deliveries]
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hdel(self.unacked_key, *tags).zrem(self.unacked_index_key, *tags).execute()
+
+    def requeue(self, deliveries: Sequence[_Delivery]) -> None:
+        """Back to the consuming end of the queue, in their order, and no longer unacked."""
+        if deliveries:
+            tags = [d.tag for d in deliveries]
+            pipe = self.client.pipeline(transaction=True)
+            pipe.rpush(self.queue, *[d.raw for d in reversed(deliveries)])
+            pipe.hdel(self.unacked_key, *tags).zrem(self.unacked_index_key, *tags).execute()
+
+
+def decode_delivery(raw: bytes) -> tuple[Any, dict[str, Any]]:
+    """(body, headers) of a kombu message as stored in Redis. Raises _Rejected."""
+    try:
+        message = json.loads(raw)
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        if message.get("content-type") != "application/json":
+            raise _Rejected(f"content type {message.get('content-type')!r} is not JSON")
+        return json.loads(body), message.get("headers") or {}
+    except _Rejected:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise _Rejected(f"undecodable message: {exc}") from None
 
 
 class HeartbeatConsumer:
@@ -394,6 +506,9 @@ class HeartbeatConsumer:
 
     def run(self) -> BatchResult:
         """Consume until stopped (signal, or ``idle_exit`` seconds without a message)."""
+        if self.broker_url.split(":", 1)[0] in ("redis", "rediss"):
+            self._run_redis()
+            return self.totals
         from kombu import Connection, Consumer, Exchange, Queue
 
         # The same queue Celery declares for ``send_task(..., queue=name)``.
@@ -469,29 +584,80 @@ class HeartbeatConsumer:
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
+        if self._apply([data for _, data in batch]):
+            for message, _ in batch:
+                message.ack()
+        else:
+            for message, _ in batch:
+                message.requeue()
+
+    def _apply(self, datas: list[Any]) -> bool:
+        """Ingest one batch; False when it was not applied (the caller requeues it)."""
         try:
-            result = self.ingestor.ingest([data for _, data in batch])
+            result = self.ingestor.ingest(datas)
             self._note_ingest()
         except Exception as exc:
-            # The database is away or broken: give the messages back and slow down.
+            # The database is away or broken: the messages go back, and we slow down.
             logger.error(
                 "heartbeat batch of %d not applied (%s: %s); requeued, retrying in %.0f s",
-                len(batch),
+                len(datas),
                 type(exc).__name__,
                 exc,
                 self._db_backoff,
             )
-            for message, _ in batch:
-                message.requeue()
             connection.close()
             time.sleep(self._db_backoff)
             self._db_backoff = min(self._db_backoff * 2, 30.0)
-            return
+            return False
         self._db_backoff = 1.0
-        for message, _ in batch:
-            message.ack()
         connection.close_if_unusable_or_obsolete()
         self._add(result)
+        return True
+
+    def _run_redis(self) -> None:
+        """The batch path on a Redis broker (see RedisBatchSource)."""
+        import redis
+
+        source = RedisBatchSource(self.broker_url, self.queue_name)
+        logger.info(
+            "ingesting heartbeats from %s (batch %d, redis)", self.queue_name, self.batch_size
+        )
+        idle_since, backoff = time.monotonic(), 1.0
+        while not self.stopping:
+            try:
+                deliveries = source.get(self.batch_size)
+                backoff = 1.0
+            except redis.RedisError as exc:
+                logger.warning("broker unavailable (%s); retrying in %.0f s", exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if not deliveries:
+                if self.idle_exit is not None and time.monotonic() - idle_since > self.idle_exit:
+                    logger.info("no heartbeat for %.1f s: exiting", self.idle_exit)
+                    break
+                time.sleep(self.max_wait)
+                continue
+            idle_since = time.monotonic()
+            self._apply_deliveries(source, deliveries)
+
+    def _apply_deliveries(self, source: RedisBatchSource, deliveries: list[_Delivery]) -> None:
+        good: list[_Delivery] = []
+        datas: list[Any] = []
+        for delivery in deliveries:
+            try:
+                body, headers = decode_delivery(delivery.raw)
+                datas.append(envelope_of(body, headers))
+                good.append(delivery)
+            except _Rejected as exc:
+                logger.warning("heartbeat rejected: malformed message: %s", exc)
+                self.totals.rejected.append(f"malformed message: {exc}")
+        kept = {d.tag for d in good}
+        source.ack([d for d in deliveries if d.tag not in kept])
+        if self._apply(datas):
+            source.ack(good)
+        else:
+            source.requeue(good)
 
     def _note_ingest(self) -> None:
         """Reports are being ingested: the liveness sweep uses this to tell a control-plane
