@@ -242,7 +242,7 @@ class Runtime:
             self._wait_gone(state)
         if state.get("cgroups_path"):
             self._destroy_cgroup(state["cgroups_path"])
-            self._destroy_shim_cgroup(container_id, state)
+        self._destroy_shim_cgroup(container_id, state)
         self.store.remove(container_id)
 
     def _wait_gone(self, state: dict[str, Any], timeout: float = 10.0) -> None:

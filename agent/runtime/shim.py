@@ -207,12 +207,21 @@ class Shim:
                 break
         if self.log is not None:
             self.log.close()
+        self._remove_own_scope()
         os._exit(0)
 
+    def _remove_own_scope(self) -> None:
+        """Step out into the shims' slice and remove our scope, so a container deleted by
+        just removing its files (or never deleted) leaves no empty cgroup behind."""
+        with contextlib.suppress(Exception):
+            from agent.runtime.cgroups import new_manager
+
+            new_manager(SHIM_SLICE).apply(os.getpid())
+            new_manager(shim_cgroup(self.id)).destroy()
+
     def _leave_caller_cgroup(self) -> None:
-        """Off the start path: move into the shims' own cgroup (not the caller's)."""
-        if not self.config.cgroups_path:
-            return
+        """Off the start path: move into the shim's own scope, out of the caller's cgroup (so
+        stopping the agent's cgroup does not take the monitors with it)."""
         with contextlib.suppress(Exception):
             from agent.runtime.cgroups import new_manager
 

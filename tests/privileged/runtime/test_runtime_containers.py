@@ -284,6 +284,15 @@ def test_container_survives_kill_9_of_its_creator(
         state = runtime.raw_state(cid)
         shim = int(state["shim_pid"])
         assert int(Path(f"/proc/{shim}/stat").read_text().split(") ")[1].split()[1]) != creator.pid
+        deadline = time.monotonic() + 5
+        while (
+            "shim-" not in Path(f"/proc/{shim}/cgroup").read_text() and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        assert (
+            Path(f"/proc/{shim}/cgroup").read_text()
+            != Path(f"/proc/{creator.pid}/cgroup").read_text()
+        )
         creator.send_signal(signal.SIGKILL)
         creator.wait()
         log = runtime.store.dir(cid) / "ctr.log"
