@@ -8,6 +8,7 @@ from typing import Any
 from django.db.models import Count, Q, Sum
 from django.http import HttpRequest, HttpResponse
 
+from agent.protocol import names
 from containers import selectors
 from containers.choices import ObservedState
 from containers.models import ContainerEvent
@@ -74,7 +75,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "hosts": _host_summary(request),
         "states": states,
         "container_total": container_total,
-        "operations": selectors.operation_list(request.user).order_by("-created_at")[:10],
+        "operations": selectors.operation_list(request.user)
+        .exclude(kind__in=(names.AGENT_CONTAINER_LOGS, names.AGENT_CONTAINER_STATS))
+        .order_by("-created_at")[:10],
         "events": events[:10],
         "failing": [
             {
