@@ -116,6 +116,8 @@ build_kernel() {
   KVER=$(ls "$x/lib/modules" | head -1)
   depmod -b "$x" "$KVER"
   cp "$x/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
+  # The guest's /boot/config-* lets the agent's inventory read the kernel configuration.
+  install -D -m 0644 "$x/boot/config-$KVER" "$R/boot/config-$KVER"
   echo "$KVER" >"$OUT/kver"
   mkdir -p "$i"/{bin,dev,proc,sys,newroot,mods}
   cp /bin/busybox "$i/bin/busybox"
