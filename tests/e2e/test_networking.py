@@ -5,10 +5,16 @@ conflicts at create time, and socket activation with idle stop."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import secrets
+import signal
 import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +22,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from agent.config import load_config
-from containers.models import Membership, Project
+from containers.models import Container, Membership, Project
 from hosts.models import Host
 from tests.e2e.test_containers import observed, wait_op
 from tests.support.procs import wait_for
@@ -59,8 +65,10 @@ def fetch_from(netns_path: str, address: str, port: int) -> str:
 
 
 @pytest.fixture
-def net_fleet(stack: Any) -> dict[str, Any]:
-    """Two agents, each with a uniquely named bridge and a private /24 for its containers."""
+def net_fleet(stack: Any) -> Iterator[dict[str, Any]]:
+    """Two agents, each with a uniquely named bridge and a private /24 for its containers.
+    Every container of the test's project is removed afterwards, even when the test failed
+    (through the API; whatever survives that is killed and its cgroups removed)."""
     stack.start_worker()
     agents = []
     for i in range(2):
@@ -82,25 +90,58 @@ def net_fleet(stack: Any) -> dict[str, Any]:
             f"{agent.name} online with inventory",
         )
     user = get_user_model().objects.create_user("netops", password="x")
-    project = Project.objects.create(slug="net", name="Net")
+    slug = f"net{secrets.token_hex(3)}"
+    project = Project.objects.create(slug=slug, name="Net")
     Membership.objects.create(project=project, user=user, role="operator")
     client = APIClient()
     client.force_authenticate(user)
-    return {"agents": agents, "client": client}
+    try:
+        yield {"agents": agents, "client": client, "project": slug}
+    finally:
+        _remove_all(client, project)
+
+
+def _remove_all(client: APIClient, project: Project) -> None:
+    for container in Container.objects.filter(project=project, removed_at__isnull=True):
+        with contextlib.suppress(Exception):
+            remove(client, str(container.pk))
+    for slice_dir in Path("/sys/fs/cgroup").glob(f"*/machine.slice/machine-{project.slug}.slice"):
+        for procs in slice_dir.rglob("cgroup.procs"):
+            for pid in procs.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    for slice_dir in Path("/sys/fs/cgroup").glob(f"*/machine.slice/machine-{project.slug}.slice"):
+        for directory in [*sorted(slice_dir.rglob("*"), key=lambda p: -len(p.parts)), slice_dir]:
+            while directory.is_dir():
+                try:
+                    directory.rmdir()
+                except OSError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
 
 
 def create(client: APIClient, agent: Any, name: str, **fields: Any) -> dict[str, Any]:
-    body = {"project": "net", "name": name, "mode": "host", "host": agent.host_id, **fields}
+    body = {"project": _project(), "name": name, "mode": "host", "host": agent.host_id, **fields}
     response = client.post("/api/v1/containers/", body, format="json")
     assert response.status_code == 201, response.content
     data: dict[str, Any] = response.json()
     return data
 
 
+def _project() -> str:
+    return Project.objects.get(name="Net").slug
+
+
 def remove(client: APIClient, cid: str) -> None:
     r = client.post(f"/api/v1/containers/{cid}/remove/", {"force": True}, format="json")
     assert r.status_code == 202, r.content
     assert wait_op(client, r.json()["id"])["status"] == "succeeded"
+
+
+def ids_of(fleet: dict[str, Any], name: str) -> list[str]:
+    return [str(c.pk) for c in Container.objects.filter(project__slug=fleet["project"], name=name)]
 
 
 def logs(client: APIClient, cid: str) -> str:
@@ -193,7 +234,7 @@ def test_published_port_conflict_is_refused_at_create_naming_the_field_and_holde
         client, a, "holder", network_mode="bridge", ports=ports, command=["sleep", "600"]
     )
     body = {
-        "project": "net",
+        "project": net_fleet["project"],
         "name": "second",
         "mode": "host",
         "host": a.host_id,
@@ -212,7 +253,7 @@ def test_published_port_conflict_is_refused_at_create_naming_the_field_and_holde
     elsewhere = {**body, "name": "elsewhere", "host": b.host_id}
     ok = client.post("/api/v1/containers/", elsewhere, format="json")
     assert ok.status_code == 201, ok.content
-    for cid in (first["id"], ok.json()["id"]):
+    for cid in (first["id"], ok.json()["id"], *ids_of(net_fleet, "udp")):
         observed(client, cid, ("running",))
         remove(client, cid)
 
