@@ -30,7 +30,12 @@ from agent.runtime.config import Config
 from agent.runtime.errors import RuntimeFailure
 from agent.runtime.linux import CLONE_NEWCGROUP, CLONE_NEWUSER, PR_SET_CHILD_SUBREAPER, Linux
 from agent.runtime.rootfs import Rootfs
-from agent.runtime.security import apply_process_security, install_seccomp
+from agent.runtime.security import (
+    apply_process_security,
+    compile_seccomp,
+    install_seccomp,
+    seccomp_available,
+)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SYNC_TIMEOUT = 30.0
@@ -38,6 +43,8 @@ SYNC_TIMEOUT = 30.0
 # shim can record where the time of a start went.
 _TIMINGS: list[tuple[str, float]] = []
 LAST_TIMINGS: list[tuple[str, float]] = []
+# What the last start could not apply and why (e.g. no seccomp in this kernel); kept in state.
+LAST_WARNINGS: list[str] = []
 
 
 class CgroupLike(Protocol):
@@ -130,6 +137,7 @@ def spawn(linux: Linux, launch: Launch, cgroup: CgroupLike | None) -> int:
                 stage1 = 0
             elif msg.get("ready"):
                 ready = True
+                LAST_WARNINGS[:] = [str(w) for w in msg.get("warnings", [])]
             # Stage 1 and the init share the channel: "ready" may overtake "pid".
             if ready and init_pid:
                 return init_pid
@@ -264,11 +272,20 @@ def _init(linux: Linux, launch: Launch, sync: Sync) -> NoReturn:
         env = dict(e.split("=", 1) for e in process.env)
         executable = find_executable(process.args[0], env.get("PATH", DEFAULT_PATH), process.cwd)
         seccomp = config.seccomp
+        warnings: list[str] = []
+        if seccomp is not None:
+            available, reason = seccomp_available()
+            skipped = compile_seccomp(seccomp)[1]
+            if not available:
+                warnings.append(f"seccomp not applied: {reason}")
+                seccomp = None
+            elif skipped:
+                warnings.append(f"seccomp: unknown syscalls skipped: {', '.join(sorted(skipped))}")
         if seccomp is not None and not process.no_new_privileges:
             _step("seccomp", lambda: install_seccomp(linux, seccomp))
         _step("security", lambda: apply_process_security(linux, process))
         _step("process.cwd", lambda: os.chdir(process.cwd))
-        sync.send(ready=True, timings=rootfs.timings + _TIMINGS)
+        sync.send(ready=True, timings=rootfs.timings + _TIMINGS, warnings=warnings)
         sync.close()
         channel = None
         if launch.exec_fifo_fd is not None:

@@ -390,6 +390,7 @@ def run_shim(
             "restart_count": 0,
             "exit_code": None,
             "start_timings": [*shim.timings, *process_mod.LAST_TIMINGS],
+            "warnings": list(process_mod.LAST_WARNINGS),
         }
         store.write(container_id, state)
         os.write(result_fd, json.dumps({"pid": pid}).encode() + b"\n")

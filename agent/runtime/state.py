@@ -146,7 +146,8 @@ def oci_state(state: dict[str, Any]) -> dict[str, Any]:
     }
     if status in ("created", "running"):
         out["pid"] = state.get("pid", 0)
-    for key in ("created", "exit_code", "finished_at", "restart_count", "oom_killed", "rootfs"):
+    extras = ("created", "exit_code", "finished_at", "restart_count", "oom_killed", "rootfs")
+    for key in (*extras, "warnings"):
         if key in state:
             out[key] = state[key]
     return out

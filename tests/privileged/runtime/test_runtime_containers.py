@@ -410,3 +410,15 @@ def test_namespaces_given_by_path_are_joined(
     second = running(runtime, cid + "-b", make_bundle(SLEEP, linux={"namespaces": namespaces}))
     assert os.readlink(f"/proc/{second}/ns/net") == os.readlink(f"/proc/{first}/ns/net")
     assert os.readlink(f"/proc/{second}/ns/pid") != os.readlink(f"/proc/{first}/ns/pid")
+
+
+def test_seccomp_names_it_cannot_apply_are_reported_in_the_state(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    profile = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["swapon", "no_such_syscall"], "action": "SCMP_ACT_ERRNO"}],
+    }
+    runtime.create(cid, make_bundle(SLEEP, linux={"seccomp": profile}))
+    warnings = runtime.state(cid)["warnings"]
+    assert any("no_such_syscall" in w for w in warnings)
