@@ -187,7 +187,8 @@ UNITS = DEPLOY / "systemd"
 
 
 def from_checkout(value: str) -> str:
-    return value.replace("/opt/corral/.venv/", f"{REPO}/.venv/").replace("/opt/corral", str(REPO))
+    """The control plane's /opt/corral paths pointed at this checkout (not /opt/corral-agent)."""
+    return re.sub(r"/opt/corral(?![\w-])", str(REPO), value)
 
 
 def unit_argv(name: str) -> list[str]:
@@ -218,7 +219,7 @@ def unit_env(name: str, var_dir: Path, **overrides: str) -> dict[str, str]:
 
 def stop_like_systemd(proc: Proc, name: str) -> float:
     """SIGTERM to the main process only; returns how long it took to exit."""
-    limit = float(unit_value(UNITS / name, "Service", "TimeoutStopSec"))
+    limit = float(next(iter(unit_values(UNITS / name, "Service", "TimeoutStopSec")), "90"))
     started = time.monotonic()
     os.kill(proc.pid, signal.SIGTERM)
     code = proc.popen.wait(timeout=limit)
