@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.protocol.containers import ContainerSpec, ContainerStats, ContainerStatus
+from agent.runtime import selinux
+from agent.runtime.cgroups import detect_driver
 from agent.runtime.errors import ContainerNotFound, RuntimeFailure
 from agent.runtime.runtime import Runtime
 from agent.runtime.spec import SpecOptions, prepare_host_rootfs, to_oci
@@ -53,7 +55,10 @@ class ContainerService:
         # network is attached here: the namespace exists, the user process has not run).
         self.before_start = before_start
         self.runtime = Runtime(runtime_root)
-        self.options = options or SpecOptions()
+        self.options = options or SpecOptions(cgroup_driver=detect_driver())
+        # sVirt: one MCS category pair per container on this host, persisted, released on
+        # remove. Where SELinux is off the labels are still allocated, recorded and reported.
+        self.mcs = selinux.MCSAllocator(self.state_dir / "mcs.json")
         self.zygote = Zygote() if use_zygote else None
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -97,6 +102,10 @@ class ContainerService:
                 upper_dir=str(cdir / "upper"),
                 work_dir=str(cdir / "work"),
             )
+        level = self.mcs.allocate(spec.id)
+        if selinux.selinux_enabled():
+            extra["selinux_process_label"] = selinux.process_label(level)
+            extra["selinux_mount_label"] = selinux.file_label(level)
         options = _replace(self.options, **extra)
         config = to_oci(spec, root_path=str(rootfs), options=options)
         write_atomic(bundle / "config.json", json.dumps(config, indent=1))
@@ -167,6 +176,7 @@ class ContainerService:
         with contextlib.suppress(ContainerNotFound):
             self.runtime.delete(container_id, force=True)
         shutil.rmtree(self._dir(container_id), ignore_errors=True)
+        self.mcs.release(container_id)
         logger.info("container %s removed", container_id)
 
     # --- reads --------------------------------------------------------------------------
@@ -192,6 +202,7 @@ class ContainerService:
             finished_at=raw.get("finished_at") if state == "exited" else None,
             restart_count=int(raw.get("restart_count") or 0),
             oom_killed=bool(raw.get("oom_killed")),
+            selinux_label=self._label(container_id),
         )
 
     def list(self) -> builtins.list[ContainerStatus]:
@@ -248,6 +259,11 @@ class ContainerService:
             self.zygote.close()
 
     # --- helpers ------------------------------------------------------------------------
+    def _label(self, container_id: str) -> str | None:
+        """The container's process label: enforced where SELinux runs, recorded elsewhere."""
+        level = self.mcs.allocations().get(container_id)
+        return selinux.process_label(level) if level else None
+
     def _dir(self, container_id: str) -> Path:
         self.runtime.store.dir(container_id)  # validates the id
         return self.state_dir / container_id

@@ -179,3 +179,21 @@ def test_a_forked_worker_gets_its_own_zygote(service: ContainerService) -> None:
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert service.zygote is not None and service.zygote.pid == parent_zygote
+
+
+def test_each_container_gets_its_own_mcs_pair_recorded_and_released(
+    service: ContainerService,
+) -> None:
+    """sVirt: a unique category pair per container on the host. This kernel has no SELinux,
+    so the labels are allocated, recorded and reported, and nothing is enforced or fails."""
+    a = spec(["/bin/sh", "-c", "sleep 30"], mode="host")
+    b = spec(["/bin/sh", "-c", "sleep 30"], mode="host", name="svc-test-b")
+    label_a = service.create(a).selinux_label
+    label_b = service.create(b).selinux_label
+    assert label_a and label_b and label_a != label_b
+    for label in (label_a, label_b):
+        assert label.startswith("system_u:system_r:container_t:s0:c")
+    assert service.status(a.id).selinux_label == label_a
+    service.remove(a.id, force=True)
+    assert a.id not in service.mcs.allocations()
+    assert service.mcs.allocations()[b.id] == label_b.split(":", 3)[3]
