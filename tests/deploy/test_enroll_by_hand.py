@@ -38,7 +38,7 @@ def by_hand_block() -> str:
     section = README.split("**By hand**", 1)[1]
     blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
     assert len(blocks) >= 2, "the By hand section lost its token or install block"
-    return blocks[1]
+    return str(blocks[1])
 
 
 @pytest.fixture

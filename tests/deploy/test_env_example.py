@@ -50,15 +50,15 @@ def variables_read(path: Path) -> set[str]:
     ``os.environ.get()``, ``os.getenv()`` or ``os.environ[...]``, as a literal or as a module
     constant (``ENV_VAR = "CORRAL_CGROUP_DRIVER"``)."""
     tree = ast.parse(path.read_text(), str(path))
-    constants = {
-        target.id: node.value.value
-        for node in tree.body
-        if isinstance(node, ast.Assign | ast.AnnAssign)
-        and node.value is not None
-        and _const_str(node.value) is not None
-        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
-        if isinstance(target, ast.Name)
-    }
+    constants: dict[str, str] = {}
+    for statement in tree.body:
+        if not isinstance(statement, ast.Assign | ast.AnnAssign) or statement.value is None:
+            continue
+        value = _const_str(statement.value)
+        targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+        for target in targets:
+            if value is not None and isinstance(target, ast.Name):
+                constants[target.id] = value
 
     def literal(node: ast.AST) -> str | None:
         if isinstance(node, ast.Name):

@@ -12,9 +12,11 @@ import http.client
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -36,23 +38,31 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 HOSTNAME = socket.gethostname()
 
 
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
 def get(
     port: int, path: str, *, tls: Path | None = None, headers: dict[str, str] | None = None
-) -> http.client.HTTPResponse:
+) -> Answer:
     conn: http.client.HTTPConnection
     if tls is None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
     else:
-        import ssl
-
         context = ssl.create_default_context(cafile=str(tls))
         context.check_hostname = False
         conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=20)
     conn.request("GET", path, headers={"Host": SITE_NAME, **(headers or {})})
     response = conn.getresponse()
-    response.body = response.read()  # type: ignore[attr-defined]
+    answer = Answer(response.status, response.msg, response.read())
     conn.close()
-    return response
+    return answer
 
 
 @pytest.fixture
@@ -120,19 +130,19 @@ def test_web_unit_serves_django_over_https_behind_the_example_nginx(
             # Straight to gunicorn over plain HTTP: Django insists on HTTPS ...
             direct = get(web_port, "/login/")
             assert direct.status == 301
-            assert direct.getheader("Location") == f"https://{SITE_NAME}/login/"
+            assert direct.header("Location") == f"https://{SITE_NAME}/login/"
             # ... and through nginx it knows the request came over HTTPS: the page itself.
             page = get(site.https_port, "/login/", tls=site.cert)
-            assert page.status == 200, page.body  # type: ignore[attr-defined]
-            assert b"<form" in page.body  # type: ignore[attr-defined]
-            assert page.msg.get_all("Strict-Transport-Security") == [
+            assert page.status == 200, page.body
+            assert b"<form" in page.body
+            assert page.headers.get_all("Strict-Transport-Security") == [
                 "max-age=31536000; includeSubDomains"
             ]
-            cookie = page.getheader("Set-Cookie") or ""
+            cookie = page.header("Set-Cookie") or ""
             assert "csrftoken=" in cookie and "Secure" in cookie, cookie
 
             health = get(site.https_port, "/healthz", tls=site.cert)
-            assert health.status == 200, health.body  # type: ignore[attr-defined]
+            assert health.status == 200, health.body
 
             static = get(
                 site.https_port,
@@ -141,11 +151,9 @@ def test_web_unit_serves_django_over_https_behind_the_example_nginx(
                 headers={"Accept-Encoding": "gzip"},
             )
             assert static.status == 200
-            assert (
-                static.getheader("Cache-Control") == "max-age=2592000"
-            )  # nginx's, not whitenoise's
+            assert static.header("Cache-Control") == "max-age=2592000"  # nginx's, not whitenoise's
             if (var_dir / "static" / f"{css}.gz").exists():
-                assert static.getheader("Content-Encoding") == "gzip"
+                assert static.header("Content-Encoding") == "gzip"
         took = stop_like_systemd(web, "corral-web.service")
         print(f"corral-web stopped {took:.2f} s after SIGTERM")
     assert f"/static/{css}" not in web.log()  # gunicorn never saw the static request
@@ -157,7 +165,9 @@ def queued(broker: str) -> int:
 
     client = redis.Redis.from_url(broker)
     try:
-        return int(client.llen("controlplane"))
+        length = client.llen("controlplane")
+        assert isinstance(length, int)
+        return length
     finally:
         client.close()
 
