@@ -13,8 +13,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import logging
 import os
+import socket
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from agent.network.activation import Activator
 from agent.network.errors import NetworkError
 from agent.network.manager import DEFAULT_SUBNET, Attachment, NetworkManager
 from agent.protocol.containers import ContainerSpec, ContainerStatus
+from agent.runtime.linux import CLONE_NEWNET, LINUX
 
 if TYPE_CHECKING:
     from agent.containers.service import ContainerService
@@ -36,6 +40,7 @@ WAITING_DETAIL = "waiting for connection"
 # sd_listen_fds() compares with getpid().
 CONTAINER_LISTEN_PID = "1"
 _GATE_TIMEOUT = 60.0
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ class ContainerNetworking:
             return
         netns = f"/proc/{pid}/ns/net"
         if mode == "none":
-            links.loopback_only(netns)
+            loopback_up(netns)
             return
         attachment = self.manager.attach(spec.id, spec.name, netns, spec.network)
         write_container_files(pid, attachment)
@@ -194,6 +199,33 @@ class ContainerNetworking:
         """Disarm every activator (stops the containers they started)."""
         for cid in list(self._activators):
             self.disarm(cid)
+
+
+def loopback_up(netns_path: str) -> None:
+    """Mode ``none``: bring ``lo`` up in the namespace with two ioctls from a short thread
+    that joins it (about 10x cheaper than a netlink socket there; on every start's path)."""
+    box: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                LINUX.setns(fd, CLONE_NEWNET)
+            finally:
+                os.close(fd)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                request = struct.pack("16sH14x", b"lo", 0)
+                flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+                fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+        except BaseException as exc:  # handed to the caller's thread below
+            box.append(exc)
+
+    thread = threading.Thread(target=run, name="netns-lo", daemon=True)
+    thread.start()
+    thread.join()
+    if box:
+        exc = box[0]
+        raise NetworkError("step.netns_config", f"lo up in {netns_path}: {exc}") from exc
 
 
 def with_listen_env(spec: ContainerSpec) -> ContainerSpec:
