@@ -121,3 +121,26 @@ def test_operation_errors_in_plain_words() -> None:
         "The host could not be reached: host a is offline"
     )
     assert plain_error("weird_code", "agent said no") == "agent said no"
+
+
+@pytest.mark.django_db
+def test_seed_fleet_creates_and_clears_its_rows_only(fleet: dict[str, Any]) -> None:
+    from django.contrib.auth import get_user_model
+    from django.core.management import CommandError, call_command
+
+    from hosts.models import Host, Operation
+
+    call_command("seed_fleet", hosts=6, containers=30, projects=2, verbosity=0)
+    seeded = Host.objects.filter(labels__has_key="corral.seed")
+    assert seeded.count() == 6
+    assert Container.objects.filter(project__slug__startswith="seed-").count() == 30
+    assert Operation.objects.filter(project_slug__startswith="seed-").count() == 3
+    call_command("seed_fleet", hosts=0, containers=0, projects=0, clear=True, verbosity=0)
+    assert not seeded.exists()
+    assert not Container.objects.filter(project__slug__startswith="seed-").exists()
+    assert Container.objects.filter(name="web-a").exists()  # the fleet's own rows stay
+    assert not get_user_model().objects.filter(username__startswith="seed-").exists()
+    with pytest.raises(CommandError, match="--hosts must be zero or more"):
+        call_command("seed_fleet", hosts=-1, verbosity=0)
+    with pytest.raises(CommandError, match="needs at least one host"):
+        call_command("seed_fleet", hosts=0, containers=5, verbosity=0)

@@ -91,6 +91,7 @@ def seed_clear() -> None:
         Operation.objects.filter(host__in=hosts).delete()
         projects.delete()
         hosts.delete()
+        get_user_model().objects.filter(username__startswith="seed-", memberships=None).delete()
 
 
 @transaction.atomic
