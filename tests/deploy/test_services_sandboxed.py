@@ -162,3 +162,34 @@ def test_web_worker_and_beat_work_under_the_hardening(
     for proc in (web, worker, beat):
         assert "Read-only file system" not in proc.log(), proc.log()[-3000:]
         assert "Permission denied" not in proc.log(), proc.log()[-3000:]
+
+
+def test_worker_builds_an_agent_bundle_under_the_hardening(var_dir: Path, tmp_path: Path) -> None:
+    """The SSH bootstrap's first step on the worker: `pip download` of the agent's wheels and
+    the bundle, with nothing writable but the var dir (which is also HOME, for pip)."""
+    env = unit_env("corral-worker.service", var_dir)
+    assert env["HOME"] == str(var_dir)
+    subprocess.run(["chown", "-R", f"{UID}:{UID}", str(var_dir)], check=True)
+    code = """
+import inspect, platform
+import django
+django.setup()
+from hosts.ssh.bundle import build
+# The target's Python as the bundle API of the day wants it ("3.11.2", or (3, 11) before).
+wanted = str(inspect.signature(build).parameters["python"].annotation)
+version = platform.python_version()
+python = version if wanted == "str" else tuple(int(p) for p in version.split(".")[:2])
+bundle = build(python=python, arch=platform.machine(), glibc=(2, 36))
+print("BUNDLE", bundle.path, bundle.version)
+"""
+    done = subprocess.run(
+        sandboxed(var_dir, [sys.executable, "-c", code]),
+        cwd=REPO,
+        env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    bundle = Path(done.stdout.split("BUNDLE ", 1)[1].split()[0])
+    assert bundle.is_file() and bundle.is_relative_to(var_dir)
