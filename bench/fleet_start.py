@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import json
 import os
+import pstats
 import secrets
 import shutil
 import statistics
@@ -216,8 +218,11 @@ def run(args: argparse.Namespace) -> None:
         busybox_rootfs(rootfs)
         podman = Podman(rootfs)
         cleanup.callback(podman.close)
-        samples = measure(client, [a.host_id for a in agents], podman, args.containers)
+        profiler = cProfile.Profile() if args.profile else None
+        samples = measure(client, [a.host_id for a in agents], podman, args.containers, profiler)
         report(samples, PYTHON)
+        if profiler is not None:
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
         remove_all(client)
 
 
@@ -237,14 +242,20 @@ def api_client() -> Any:
     return client
 
 
-def measure(client: Any, hosts: list[str], podman: Podman, count: int) -> dict[str, list[float]]:
+def measure(
+    client: Any, hosts: list[str], podman: Podman, count: int, profiler: Any = None
+) -> dict[str, list[float]]:
     """Interleaved: one corral container, then one podman container, ``count`` times."""
     out: dict[str, list[float]] = {"corral": [], "api": [], "agent": [], "report": [], "podman": []}
     for i in range(count + 2):  # the first two (one per host) warm the agents' zygotes
         body = {"project": "bench", "name": f"c{i}", "mode": "host", "network_mode": "none",
                 "command": ["/bin/sleep", "600"], "host": hosts[i % 2]}  # fmt: skip
         t0 = time.time()
+        if profiler is not None and i >= 2:
+            profiler.enable()
         response = client.post("/api/v1/containers/", body, format="json")
+        if profiler is not None:
+            profiler.disable()
         t_api = time.time()
         assert response.status_code == 201, response.content[:500]
         cid = response.json()["id"]
@@ -316,6 +327,7 @@ def remove_all(client: Any) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--containers", type=int, default=100)
+    parser.add_argument("--profile", action="store_true", help="cProfile the API requests")
     parser.add_argument("--podman-helper", metavar="ROOTFS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.podman_helper:
