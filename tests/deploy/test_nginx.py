@@ -230,6 +230,13 @@ def test_log_follow_lines_pass_through_unbuffered(nginx: NginxSite) -> None:
     assert buffered >= STREAM_HOLD * 0.9
 
 
+@pytest.mark.slow
+def test_registry_blobs_pass_through_unbuffered(nginx: NginxSite) -> None:
+    """Agents pulling a blob get its first bytes while the rest is still being read."""
+    blob = "/v2/p1/web/blobs/sha256:" + "ab" * 32 + "?follow=1"
+    assert first_line_delay(nginx, blob) < STREAM_HOLD / 2
+
+
 def post_head(site: NginxSite, path: str, length: int) -> int:
     """POST headers announcing ``length`` bytes and a first kilobyte; the answer's status."""
     conn = http.client.HTTPSConnection(
