@@ -27,20 +27,26 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "screenshots"
 
 @pytest.fixture(scope="session", autouse=True)
 def _browser_http_settings() -> Iterator[None]:
-    """Plain HTTP for the live server (which loads its middleware once, at start), static
-    files from the finders, fast password hashing. Applied before ``live_server`` starts."""
+    """Plain HTTP for the live server (which loads its middleware once, at start) and static
+    files from the finders. Applied before ``live_server`` starts; `make test` sets the same
+    through the environment (DEBUG=1, SECURE_SSL_REDIRECT=0)."""
     with override_settings(
         SECURE_SSL_REDIRECT=False,
         SESSION_COOKIE_SECURE=False,
         CSRF_COOKIE_SECURE=False,
         SECURE_HSTS_SECONDS=0,
-        PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
         STORAGES={
             "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
             "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
         },
     ):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings: Any) -> None:
+    """Test users log in through the form; a slow hash only slows the tests down."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture(scope="session")
