@@ -22,11 +22,21 @@ logger = logging.getLogger(__name__)
 
 
 class Reporter:
-    def __init__(self, app: Celery, key: Ed25519PrivateKey, host_id: str, journal: Journal) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        key: Ed25519PrivateKey,
+        host_id: str,
+        journal: Journal,
+        *,
+        heartbeat_queue: str = names.CONTROLPLANE_QUEUE,
+    ) -> None:
         self.app = app
         self.key = key
         self.host_id = host_id
         self.journal = journal
+        # names.HEARTBEAT_QUEUE sends heartbeats to the control plane's batch consumer.
+        self.heartbeat_queue = heartbeat_queue
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -35,7 +45,7 @@ class Reporter:
         self.app.send_task(
             kind,
             kwargs={"message": message},
-            queue=names.CONTROLPLANE_QUEUE,
+            queue=self.heartbeat_queue if kind == names.CP_HEARTBEAT else names.CONTROLPLANE_QUEUE,
             retry=False,
             ignore_result=True,
         )

@@ -7,22 +7,18 @@ names, so a host can only speak for itself), collapsed to the newest beat per ho
 applied with one bulk UPDATE on PostgreSQL. Rows change in place: no row is added per beat.
 
 :class:`HeartbeatIngestor` is shared by the dedicated consumer (``manage.py
-ingest_heartbeats``, :class:`HeartbeatConsumer`) and the ``controlplane.heartbeat.report``
+ingest_heartbeats``) and the ``controlplane.heartbeat.report``
 Celery task, which hands it a batch of one.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-import signal
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import FrameType
 from typing import Any, Protocol
 
 from django.conf import settings
@@ -40,7 +36,7 @@ from hosts.models import Host
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_QUEUE = getattr(names, "HEARTBEAT_QUEUE", "controlplane.heartbeats")
+HEARTBEAT_QUEUE = names.HEARTBEAT_QUEUE
 BIGINT_MAX = 2**63 - 1
 # Columns a beat never needs to be verified or applied; inventory can be large.
 _DEFERRED = ("inventory", "findings")
@@ -119,13 +115,13 @@ def verify_heartbeats(
     for data in messages:
         try:
             beats.append(_verify_one(data, keys, now))
-        except _Rejected as exc:
+        except MessageRejected as exc:
             rejected.append(str(exc))
     return beats, rejected
 
 
-class _Rejected(Exception):
-    pass
+class MessageRejected(Exception):
+    """A message that is not applied; ``str()`` is the reason that is logged."""
 
 
 def _public_keys(ids: set[str]) -> dict[str, str]:
@@ -145,22 +141,22 @@ def _verify_one(data: Any, keys: dict[str, str], now: float | None) -> Beat:
     kind = names.CP_HEARTBEAT
     raw_id = data.get("host_id") if isinstance(data, dict) else None
     if not isinstance(raw_id, str):
-        raise _Rejected("report has no host_id")
+        raise MessageRejected("report has no host_id")
     key_text = keys.get(raw_id) if _host_id_of(data) else None
     if not key_text:
-        raise _Rejected(f"report from unknown or unenrolled host {raw_id!r}")
+        raise MessageRejected(f"report from unknown or unenrolled host {raw_id!r}")
     try:
         key = host_public_key(key_text)
         _, message = envelope.open_envelope(
             data, key, expected_kind=kind, expected_host=raw_id, now=now
         )
     except ProtocolError as exc:
-        raise _Rejected(f"{kind} claiming host {raw_id}: {exc}") from None
+        raise MessageRejected(f"{kind} claiming host {raw_id}: {exc}") from None
     if not isinstance(message, Heartbeat):  # pragma: no cover - the kind maps to Heartbeat
-        raise _Rejected(f"{kind} claiming host {raw_id}: payload is not a heartbeat")
+        raise MessageRejected(f"{kind} claiming host {raw_id}: payload is not a heartbeat")
     problem = _column_problem(message)
     if problem:
-        raise _Rejected(f"{kind} claiming host {raw_id}: {problem}")
+        raise MessageRejected(f"{kind} claiming host {raw_id}: {problem}")
     return Beat(host_id=raw_id, heartbeat=message)
 
 
@@ -361,318 +357,3 @@ class HeartbeatIngestor:
         if check_missing:
             self._last_missing_check[key] = mono
         return count
-
-
-# --- the dedicated consumer ----------------------------------------------------------------
-
-
-def envelope_of(body: Any, headers: dict[str, Any] | None) -> Any:
-    """The ``message`` kwarg of a Celery heartbeat task (protocol 2: ``[args, kwargs, embed]``
-    with the task name in the headers; protocol 1: a dict). Raises _Rejected naming the part."""
-    headers = headers or {}
-    task = headers.get("task")
-    if isinstance(body, dict) and task is None:  # Celery message protocol 1
-        task, kwargs = body.get("task"), body.get("kwargs")
-    elif isinstance(body, list | tuple) and len(body) == 3:
-        kwargs = body[1]
-    else:
-        raise _Rejected("message body is not a Celery task (expected [args, kwargs, embed])")
-    if task != names.CP_HEARTBEAT:
-        raise _Rejected(f"task {task!r} is not {names.CP_HEARTBEAT!r}")
-    if not isinstance(kwargs, dict) or "message" not in kwargs:
-        raise _Rejected("task kwargs have no 'message'")
-    return kwargs["message"]
-
-
-# Pops up to ARGV[1] messages from the queue and records each as unacked exactly as kombu's
-# Redis QoS does (hash "unacked": tag -> [message, exchange, routing_key]; zset
-# "unacked_index": tag -> time), in one round trip. So a consumer that dies before its ack
-# loses nothing: any kombu consumer of this broker (the control-plane worker) restores
-# unacked messages after the visibility timeout, as it does for Celery's own.
-_POP_BATCH = """
-local msgs = redis.call('RPOP', KEYS[1], tonumber(ARGV[1]))
-if not msgs then return {} end
-for i, m in ipairs(msgs) do
-  local tag = ARGV[4 + i]
-  redis.call('HSET', KEYS[2], tag, '[' .. m .. ',' .. ARGV[2] .. ',' .. ARGV[3] .. ']')
-  redis.call('ZADD', KEYS[3], ARGV[4], tag)
-end
-return msgs
-"""
-
-
-@dataclass(frozen=True)
-class _Delivery:
-    tag: str
-    raw: bytes
-
-
-class RedisBatchSource:
-    """Batch get/ack on a Redis broker: one script call takes a whole batch, one transaction
-    acks it. kombu takes three round trips per message (BRPOP, unacked bookkeeping, ack),
-    which alone would cap a loaded 2-core machine below the fleet's heartbeat rate."""
-
-    unacked_key = "unacked"
-    unacked_index_key = "unacked_index"
-
-    def __init__(self, url: str, queue: str) -> None:
-        import redis
-
-        self.client = redis.Redis.from_url(url)
-        self.queue = queue
-        self._pop = self.client.register_script(_POP_BATCH)
-        self._route = json.dumps(queue)  # Celery declares exchange = routing key = queue name
-
-    def get(self, limit: int) -> list[_Delivery]:
-        tags = [uuid.uuid4().hex for _ in range(limit)]
-        raws = self._pop(
-            keys=[self.queue, self.unacked_key, self.unacked_index_key],
-            args=[limit, self._route, self._route, time.time(), *tags],
-        )
-        return [_Delivery(tag, raw) for tag, raw in zip(tags, raws, strict=False)]
-
-    def ack(self, deliveries: Sequence[_Delivery]) -> None:
-        if deliveries:
-            tags = [d.tag for d in deliveries]
-            pipe = self.client.pipeline(transaction=True)
-            pipe.hdel(self.unacked_key, *tags).zrem(self.unacked_index_key, *tags).execute()
-
-    def requeue(self, deliveries: Sequence[_Delivery]) -> None:
-        """Back to the consuming end of the queue, in their order, and no longer unacked."""
-        if deliveries:
-            tags = [d.tag for d in deliveries]
-            pipe = self.client.pipeline(transaction=True)
-            pipe.rpush(self.queue, *[d.raw for d in reversed(deliveries)])
-            pipe.hdel(self.unacked_key, *tags).zrem(self.unacked_index_key, *tags).execute()
-
-
-def decode_delivery(raw: bytes) -> tuple[Any, dict[str, Any]]:
-    """(body, headers) of a kombu message as stored in Redis. Raises _Rejected."""
-    try:
-        message = json.loads(raw)
-        body = message["body"]
-        if message.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        if message.get("content-type") != "application/json":
-            raise _Rejected(f"content type {message.get('content-type')!r} is not JSON")
-        return json.loads(body), message.get("headers") or {}
-    except _Rejected:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise _Rejected(f"undecodable message: {exc}") from None
-
-
-class HeartbeatConsumer:
-    """Drains the heartbeat queue in batches of up to ``batch_size`` messages or ``max_wait``
-    seconds, ingests each batch, and acks its messages only after the batch is committed, so
-    a crash loses nothing: unacked messages go back to the queue. Malformed messages are
-    logged and acked (dropped); they never stop the consumer."""
-
-    def __init__(
-        self,
-        broker_url: str,
-        *,
-        ingestor: HeartbeatIngestor,
-        queue: str = HEARTBEAT_QUEUE,
-        batch_size: int = 500,
-        max_wait: float = 0.2,
-        idle_exit: float | None = None,
-        transport_options: dict[str, Any] | None = None,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        if max_wait <= 0:
-            raise ValueError("max_wait must be positive")
-        self.broker_url = broker_url
-        self.ingestor = ingestor
-        self.queue_name = queue
-        self.batch_size = batch_size
-        self.max_wait = max_wait
-        self.idle_exit = idle_exit
-        self.transport_options = transport_options or {}
-        self.stopping = False
-        self.totals = BatchResult()
-        self._pending: list[tuple[Any, Any]] = []  # (kombu message, envelope data)
-        self._last_note = 0.0
-        self._db_backoff = 1.0
-
-    def install_signal_handlers(self) -> None:
-        def stop(signum: int, frame: FrameType | None) -> None:
-            logger.info("signal %d: finishing the current batch, then exiting", signum)
-            self.stopping = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-
-    def run(self) -> BatchResult:
-        """Consume until stopped (signal, or ``idle_exit`` seconds without a message)."""
-        if self.broker_url.split(":", 1)[0] in ("redis", "rediss"):
-            self._run_redis()
-            return self.totals
-        from kombu import Connection, Consumer, Exchange, Queue
-
-        # The same queue Celery declares for ``send_task(..., queue=name)``.
-        queue = Queue(self.queue_name, Exchange(self.queue_name), routing_key=self.queue_name)
-        backoff = 1.0
-        while not self.stopping:
-            conn = Connection(self.broker_url, transport_options=self.transport_options)
-            broker_errors = (*conn.connection_errors, *conn.channel_errors, OSError)
-            try:
-                with conn:
-                    conn.ensure_connection(max_retries=3)
-                    with Consumer(
-                        conn.default_channel,
-                        queues=[queue],
-                        callbacks=[self._on_message],
-                        accept=["json"],
-                        on_decode_error=self._on_decode_error,
-                        prefetch_count=self.batch_size,
-                    ):
-                        logger.info(
-                            "ingesting heartbeats from %s (batch %d, %.0f ms)",
-                            self.queue_name,
-                            self.batch_size,
-                            self.max_wait * 1000,
-                        )
-                        backoff = 1.0
-                        self._loop(conn)
-            except broker_errors as exc:
-                # Unacked messages of the lost connection go back to the queue on their own.
-                self._pending = []
-                if self.stopping:
-                    break
-                logger.warning("broker unavailable (%s); retrying in %.0f s", exc, backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-        return self.totals
-
-    def _loop(self, conn: Any) -> None:
-        idle_since = time.monotonic()
-        while not self.stopping:
-            deadline = time.monotonic() + self.max_wait
-            while len(self._pending) < self.batch_size and not self.stopping:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    conn.drain_events(timeout=remaining)
-                except TimeoutError:
-                    break
-            if self._pending:
-                self._flush()
-                idle_since = time.monotonic()
-            elif self.idle_exit is not None and time.monotonic() - idle_since > self.idle_exit:
-                logger.info("no heartbeat for %.1f s: exiting", self.idle_exit)
-                self.stopping = True
-        if self._pending:
-            self._flush()
-
-    def _on_message(self, body: Any, message: Any) -> None:
-        try:
-            data = envelope_of(body, message.headers)
-        except _Rejected as exc:
-            logger.warning("heartbeat rejected: malformed message: %s", exc)
-            self.totals.rejected.append(f"malformed message: {exc}")
-            message.ack()
-            return
-        self._pending.append((message, data))
-
-    def _on_decode_error(self, message: Any, exc: Exception) -> None:
-        logger.warning("heartbeat rejected: undecodable message: %s", exc)
-        self.totals.rejected.append(f"undecodable message: {exc}")
-        message.ack()
-
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        if self._apply([data for _, data in batch]):
-            for message, _ in batch:
-                message.ack()
-        else:
-            for message, _ in batch:
-                message.requeue()
-
-    def _apply(self, datas: list[Any]) -> bool:
-        """Ingest one batch; False when it was not applied (the caller requeues it)."""
-        try:
-            result = self.ingestor.ingest(datas)
-            self._note_ingest()
-        except Exception as exc:
-            # The database is away or broken: the messages go back, and we slow down.
-            logger.error(
-                "heartbeat batch of %d not applied (%s: %s); requeued, retrying in %.0f s",
-                len(datas),
-                type(exc).__name__,
-                exc,
-                self._db_backoff,
-            )
-            connection.close()
-            time.sleep(self._db_backoff)
-            self._db_backoff = min(self._db_backoff * 2, 30.0)
-            return False
-        self._db_backoff = 1.0
-        connection.close_if_unusable_or_obsolete()
-        self._add(result)
-        return True
-
-    def _run_redis(self) -> None:
-        """The batch path on a Redis broker (see RedisBatchSource)."""
-        import redis
-
-        source = RedisBatchSource(self.broker_url, self.queue_name)
-        logger.info(
-            "ingesting heartbeats from %s (batch %d, redis)", self.queue_name, self.batch_size
-        )
-        idle_since, backoff = time.monotonic(), 1.0
-        while not self.stopping:
-            try:
-                deliveries = source.get(self.batch_size)
-                backoff = 1.0
-            except redis.RedisError as exc:
-                logger.warning("broker unavailable (%s); retrying in %.0f s", exc, backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            if not deliveries:
-                if self.idle_exit is not None and time.monotonic() - idle_since > self.idle_exit:
-                    logger.info("no heartbeat for %.1f s: exiting", self.idle_exit)
-                    break
-                time.sleep(self.max_wait)
-                continue
-            idle_since = time.monotonic()
-            self._apply_deliveries(source, deliveries)
-
-    def _apply_deliveries(self, source: RedisBatchSource, deliveries: list[_Delivery]) -> None:
-        good: list[_Delivery] = []
-        datas: list[Any] = []
-        for delivery in deliveries:
-            try:
-                body, headers = decode_delivery(delivery.raw)
-                datas.append(envelope_of(body, headers))
-                good.append(delivery)
-            except _Rejected as exc:
-                logger.warning("heartbeat rejected: malformed message: %s", exc)
-                self.totals.rejected.append(f"malformed message: {exc}")
-        kept = {d.tag for d in good}
-        source.ack([d for d in deliveries if d.tag not in kept])
-        if self._apply(datas):
-            source.ack(good)
-        else:
-            source.requeue(good)
-
-    def _note_ingest(self) -> None:
-        """Reports are being ingested: the liveness sweep uses this to tell a control-plane
-        outage from a fleet outage (at most once a second)."""
-        if time.monotonic() - self._last_note >= 1.0:
-            services.control_plane_resumed_at(timezone.now())
-            self._last_note = time.monotonic()
-
-    def _add(self, result: BatchResult) -> None:
-        t = self.totals
-        t.received += result.received
-        t.verified += result.verified
-        t.updated += result.updated
-        t.stale += result.stale
-        t.came_online += result.came_online
-        t.container_updates += result.container_updates
-        t.rejected.extend(result.rejected[-100:])
-        del t.rejected[:-1000]  # a bounded memory of reasons, for tests and the exit summary

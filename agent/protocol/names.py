@@ -49,3 +49,7 @@ CP_HEARTBEAT = "controlplane.heartbeat.report"
 CP_INVENTORY = "controlplane.inventory.report"
 CP_OPERATION_RESULT = "controlplane.operation.result"
 CP_CONTAINER_EVENT = "controlplane.container.event"
+
+# Heartbeats only, consumed in batches by the control plane's ``manage.py ingest_heartbeats``
+# (same task name and envelope as on CONTROLPLANE_QUEUE, where the Celery task still takes them).
+HEARTBEAT_QUEUE = "controlplane.heartbeats"

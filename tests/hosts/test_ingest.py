@@ -401,3 +401,88 @@ def test_consumer_exits_cleanly_on_sigterm_and_requeues_nothing_it_acked(
     assert consumer.popen.returncode == 0, consumer.log()
     assert "hosts_updated=1" in consumer.log()
     assert queue_drained(redis_url)
+
+
+@pytest.mark.e2e
+def test_agent_reporter_sends_heartbeats_to_the_consumer_and_other_reports_to_the_worker(
+    consumer: Proc, agent_app: Celery, redis_url: str, tmp_path: Path
+) -> None:
+    import redis
+
+    from agent.journal import Journal
+    from agent.reporting import Heartbeater, Reporter
+
+    host, key = enrolled_host("alpha", status="unknown")
+    reporter = Reporter(
+        agent_app,
+        key,
+        str(host.pk),
+        Journal(tmp_path / "journal.db"),
+        heartbeat_queue=HEARTBEAT_QUEUE,
+    )
+    beater = Heartbeater(
+        reporter, 1.0, lambda seq: Heartbeat(seq=seq, sent_at=time.time(), agent_version="2.0")
+    )
+    assert beater.beat()
+    reporter.send_now(names.CP_INVENTORY, _inventory())
+
+    wait_or_log(consumer, lambda: Host.objects.get(pk=host.pk).status == "online", 30, "online")
+    assert Host.objects.get(pk=host.pk).agent_version == "2.0"
+    assert redis.Redis.from_url(redis_url).llen(names.CONTROLPLANE_QUEUE) == 1  # the worker's
+
+
+def _inventory() -> Any:
+    from agent.protocol.messages import InventoryReport
+
+    return InventoryReport(collected_at=time.time(), inventory={})
+
+
+def test_taken_but_unapplied_batch_is_restored_by_kombu_after_a_crash(
+    agent_app: Celery, redis_url: str
+) -> None:
+    """The batch source books messages as unacked exactly as kombu does, so when a consumer
+    dies between taking a batch and committing it, kombu's visibility-timeout restore (run by
+    any consumer of the broker) puts the messages back; nothing is lost, nothing was acked."""
+    import redis
+    from kombu import Connection
+
+    from hosts.management.commands.ingest_heartbeats import RedisBatchSource
+
+    host, key = enrolled_host("alpha")
+    for seq in (1, 2, 3):
+        agent_app.send_task(
+            names.CP_HEARTBEAT, kwargs={"message": beat(key, host.pk, seq)}, queue=HEARTBEAT_QUEUE
+        )
+    r = redis.Redis.from_url(redis_url)
+    r.delete(
+        f"_kombu.binding.{HEARTBEAT_QUEUE}"
+    )  # as after a broker restart: the source redeclares it
+    taken = RedisBatchSource(redis_url, HEARTBEAT_QUEUE).get(10)
+    assert len(taken) == 3 and r.llen(HEARTBEAT_QUEUE) == 0 and r.hlen("unacked") == 3
+    # ... the consumer is SIGKILLed here; later kombu restores what was never acked:
+    with Connection(redis_url, transport_options={"visibility_timeout": 0}) as conn:
+        conn.default_channel.qos.restore_visible(num=100)
+    assert (r.llen(HEARTBEAT_QUEUE), r.hlen("unacked")) == (3, 0)
+
+    source = RedisBatchSource(redis_url, HEARTBEAT_QUEUE)
+    again = source.get(10)
+    from hosts.management.commands.ingest_heartbeats import decode_delivery, envelope_of
+
+    result = HeartbeatIngestor().ingest([envelope_of(*decode_delivery(d.raw)) for d in again])
+    source.ack(again)
+    assert result.updated == 1 and Host.objects.get(pk=host.pk).last_seq == 3
+    assert r.llen(HEARTBEAT_QUEUE) == 0 and r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
+
+
+def test_requeued_batch_comes_back_first_and_in_order(agent_app: Celery, redis_url: str) -> None:
+    from hosts.management.commands.ingest_heartbeats import RedisBatchSource, decode_delivery
+
+    for n in range(5):
+        agent_app.send_task("controlplane.bench.noop", kwargs={"message": n}, queue=HEARTBEAT_QUEUE)
+    source = RedisBatchSource(redis_url, HEARTBEAT_QUEUE)
+    first = source.get(3)
+    source.requeue(first)
+    again = source.get(10)
+
+    assert [decode_delivery(d.raw)[0][1]["message"] for d in again] == [0, 1, 2, 3, 4]
+    source.ack(again)
