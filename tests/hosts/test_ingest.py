@@ -486,3 +486,39 @@ def test_requeued_batch_comes_back_first_and_in_order(agent_app: Celery, redis_u
 
     assert [decode_delivery(d.raw)[0][1]["message"] for d in again] == [0, 1, 2, 3, 4]
     source.ack(again)
+
+
+def test_kombu_path_on_a_broker_without_batch_get(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``make run`` uses kombu's filesystem transport: the consumer falls back to a plain
+    kombu consumer there, with the same batches, rejections and acks."""
+    from hosts.management.commands.ingest_heartbeats import HeartbeatConsumer
+
+    folder = tmp_path / "broker"
+    folder.mkdir()
+    options = {"data_folder_in": str(folder), "data_folder_out": str(folder)}
+    monkeypatch.setenv("CELERY_BROKER_URL", "filesystem://")
+    app = Celery("fs-agent", broker="filesystem://")
+    app.conf.broker_transport_options = options
+    (a, ka), (b, kb) = enrolled_host("alpha", status="offline"), enrolled_host("bravo")
+    try:
+        for message in (beat(ka, a.pk, 1), beat(kb, b.pk, 2), beat(ka, b.pk, 9), "junk"):
+            app.send_task(names.CP_HEARTBEAT, kwargs={"message": message}, queue=HEARTBEAT_QUEUE)
+        app.send_task("controlplane.other", kwargs={"message": {}}, queue=HEARTBEAT_QUEUE)
+    finally:
+        app.close()
+
+    consumer = HeartbeatConsumer(
+        "filesystem://",
+        ingestor=HeartbeatIngestor(),
+        max_wait=0.1,
+        idle_exit=1.0,
+        transport_options=options,
+    )
+    totals = consumer.run()
+
+    assert (totals.updated, totals.came_online, len(totals.rejected)) == (2, 1, 3)
+    assert Host.objects.get(pk=a.pk).status == "online"
+    assert Host.objects.get(pk=b.pk).last_seq == 2
+    assert list(folder.iterdir()) == []  # every message acked (consumed) from the folder
