@@ -20,7 +20,7 @@ def _prepare_filesystem_broker() -> None:
     if not str(app.conf.broker_url or "").startswith("filesystem"):
         return
     options = app.conf.broker_transport_options or {}
-    for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+    for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
         if options.get(key):
             Path(options[key]).mkdir(parents=True, exist_ok=True)
 

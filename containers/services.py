@@ -263,7 +263,8 @@ def container_create(
     """Validate, check quotas, place, record, and send the create command after commit."""
     project = Project.objects.select_for_update().get(pk=project.pk)
     container = Container(project=project, created_by=user, **fields)
-    container.full_clean(exclude=["id", "host", "image"])
+    # Uniqueness of the name is checked below with a sentence of our own.
+    container.full_clean(exclude=["id", "host", "image"], validate_constraints=False)
     if Container.objects.filter(
         project=project, name=container.name, removed_at__isnull=True
     ).exists():

@@ -249,7 +249,7 @@ class ContainerViewSet(viewsets.ModelViewSet):
             op = self._logs_once(request, container, tail if first else None, since)
             first = False
             for line in op.result.get("lines", []):
-                since = max(since or 0.0, float(line.get("time", 0)) + 1e-6)
+                since = max(since or 0.0, float(line.get("ts", 0)) + 1e-6)
                 yield json.dumps(line) + "\n"
             container.refresh_from_db(fields=["observed_state", "removed_at"])
             if container.removed_at or container.observed_state in ("exited", "stopped"):

@@ -250,3 +250,13 @@ def test_audit_log_records_mutations_and_is_for_admins_only(world) -> None:
     assert client_for(world, "op_a").get("/api/v1/audit/").status_code == 403
     listed = client_for(world, "admin").get("/api/v1/audit/?username=op_a").json()
     assert listed["count"] == 1
+
+
+def test_a_taken_name_is_refused_with_a_sentence_naming_the_field(world) -> None:
+    response = client_for(world, "op_a").post(
+        "/api/v1/containers/", {"project": "alpha", "name": "web", "mode": "host"}, format="json"
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert body["field"] == "name"
+    assert "already exists in project alpha" in body["detail"]
