@@ -27,17 +27,35 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 BUILD_SCRIPT = HERE / "build.sh"
 GUEST_REDIS = "10.0.2.100:6379"
 GUEST_HTTP = "10.0.2.101:8000"
+GUEST_SERVER = "10.0.2.102:8000"  # the real control plane, when the run has one
 RESULT_RE = re.compile(r"^SCENARIO (\S+) (PASS|FAIL|SKIP) ?(.*)$")
 LOG_RE = re.compile(r"^LOG (\S+) (.*)$")
+
+
+@dataclass
+class ControlPlane:
+    """A real control plane for the guest's agent to enroll with: its HTTP port on host
+    loopback, extra ``corral.*`` kernel arguments (the enrollment token), and ``tick``,
+    called about five times a second while the guest runs (it may answer the guest through
+    the broker, e.g. once the host has seen the agent's reports)."""
+
+    http_port: int
+    cmdline: dict[str, str]
+    tick: Callable[[int], None]
+
+
+# Given the private Redis port, sets up a control plane around one boot.
+ControlPlaneFactory = Callable[[int], contextlib.AbstractContextManager[ControlPlane]]
 
 
 class GuestError(Exception):
@@ -63,6 +81,7 @@ class GuestRun:
     results_raw: str
     timings: dict[str, float] = field(default_factory=dict)
     host_saw_guest_key: str | None = None
+    control_plane_saw: dict[str, Any] = field(default_factory=dict)
 
     def avc_denials(self) -> list[str]:
         """AVC denials the guest's kernel logged (the runner dumps them at the end)."""
@@ -258,6 +277,7 @@ def qemu_argv(
     hport: int,
     token: str,
     only: tuple[str, ...] = (),
+    server: ControlPlane | None = None,
 ) -> list[str]:
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
@@ -269,6 +289,9 @@ def qemu_argv(
         f"systemd.unit=corral-guest.target corral.redis={GUEST_REDIS} corral.http={GUEST_HTTP} "
         f"corral.token={token}" + (f" corral.only={','.join(only)}" if only else "")
     )
+    if server is not None:
+        extra = {"server": GUEST_SERVER, **server.cmdline}
+        append += "".join(f" corral.{key}={value}" for key, value in extra.items())
     rhost, rgport = GUEST_REDIS.split(":")
     hhost, hgport = GUEST_HTTP.split(":")
     netdev = (
@@ -276,6 +299,9 @@ def qemu_argv(
         f"guestfwd=tcp:{rhost}:{rgport}-cmd:socat - TCP:127.0.0.1:{rport},"
         f"guestfwd=tcp:{hhost}:{hgport}-cmd:socat - TCP:127.0.0.1:{hport}"
     )
+    if server is not None:
+        shost, sgport = GUEST_SERVER.split(":")
+        netdev += f",guestfwd=tcp:{shost}:{sgport}-cmd:socat - TCP:127.0.0.1:{server.http_port}"
     # TCG only: /dev/kvm on these machines is PVM, which hangs stock kernels.
     return [
         qemu, "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "1536", "-smp", "2",
@@ -311,16 +337,24 @@ def parse_results(text: str) -> tuple[dict[str, Scenario], bool, str | None]:
 
 
 def boot(
-    image: Path, workdir: Path, timeout: float = 720.0, only: tuple[str, ...] = ()
+    image: Path,
+    workdir: Path,
+    timeout: float = 720.0,
+    only: tuple[str, ...] = (),
+    control_plane: ControlPlaneFactory | None = None,
 ) -> GuestRun:
-    """One guest boot with a fresh payload; returns what the scenarios reported."""
+    """One guest boot with a fresh payload; returns what the scenarios reported.
+    ``control_plane`` (optional) brings up a real control plane around the boot."""
     payload = make_payload(workdir)
     token = secrets.token_hex(8)
     results = workdir / "results.log"
     console = workdir / "console.log"
-    with private_redis(workdir) as rport, control_plane_stand_in() as hport:
+    with contextlib.ExitStack() as stack:
+        rport = stack.enter_context(private_redis(workdir))
+        hport = stack.enter_context(control_plane_stand_in())
+        server = stack.enter_context(control_plane(rport)) if control_plane else None
         redis_command(rport, "SET", f"corral:host:{token}", f"host-{token}")
-        argv = qemu_argv(image, payload, workdir, rport, hport, token, only)
+        argv = qemu_argv(image, payload, workdir, rport, hport, token, only, server)
         (workdir / "qemu.argv").write_text("\n".join(argv) + "\n")
         qlog = open(workdir / "qemu.log", "wb")  # noqa: SIM115 (closed in finally)
         start = time.monotonic()
@@ -339,6 +373,8 @@ def boot(
                     break  # reported, but did not power off: stop it below
                 if elapsed > timeout:
                     break
+                if server is not None:
+                    server.tick(rport)
                 time.sleep(0.2)
             timings["qemu_exit"] = round(time.monotonic() - start, 1)
             rc = proc.poll()

@@ -69,8 +69,6 @@ def test_guest_network_is_restricted_to_forwards_to_host_loopback(tmp_path: Path
 def test_missing_qemu_is_an_error_naming_the_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import guest_harness
-
-    monkeypatch.setattr(guest_harness.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(GuestError, match=r"step qemu: qemu-system-x86_64 is not installed"):
         qemu_argv(tmp_path, tmp_path / "payload.img", tmp_path, 1, 2, "tok")

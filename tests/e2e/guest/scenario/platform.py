@@ -50,7 +50,7 @@ def guest_platform(ctx: Context) -> str:
     )
 
 
-def _cmdline() -> dict[str, str]:
+def cmdline() -> dict[str, str]:
     out = {}
     for word in Path("/proc/cmdline").read_text().split():
         key, found, value = word.partition("=")
@@ -64,7 +64,7 @@ def network_forwards(ctx: Context) -> str:
     Celery agent opens more than one."""
     import redis  # the agent's own pinned client, installed into the image
 
-    args = _cmdline()
+    args = cmdline()
     token = args["token"]
     rhost, rport = args["redis"].rsplit(":", 1)
     first = redis.Redis(host=rhost, port=int(rport), socket_timeout=15)

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from types import FrameType
 
-from scenario import agent_parts, cgroups, platform, runtime_mcs, selinux_mcs
+from scenario import agent_parts, cgroups, enrollment, platform, runtime_mcs, selinux_mcs
 from scenario.common import Channel, Context, Skip
 
 Scenario = Callable[[Context], str]
@@ -33,6 +33,7 @@ SCENARIOS: list[tuple[str, Scenario, int]] = [
     ("certification", agent_parts.certification, 120),
     ("runtime_containers_mcs", runtime_mcs.containers_with_mcs, 180),
     ("agent_restart_keeps_containers", runtime_mcs.agent_restart, 180),
+    ("agent_enrolls_and_reports", enrollment.enroll_and_report, 300),
 ]
 
 
