@@ -100,3 +100,8 @@ def test_env_int_rejects_values_below_minimum() -> None:
             env.env_int("CORRAL_TEST_INT", 5, minimum=1)
     finally:
         del os.environ["CORRAL_TEST_INT"]
+
+
+def test_every_model_change_has_its_migration() -> None:
+    result = manage("makemigrations", "--check", "--dry-run", DEBUG="1")
+    assert result.returncode == 0, result.stdout + result.stderr
