@@ -8,6 +8,7 @@ any failure after staging began rolls back, so a host is never left half-install
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shlex
@@ -40,6 +41,7 @@ class HostFacts:
 
     uid: int
     python: tuple[int, int]
+    python_full: str  # e.g. 3.11.2: dependency markers can depend on the micro version
     glibc: tuple[int, int]
     arch: str
     systemd: bool
@@ -57,7 +59,7 @@ echo "user=$(id -un)"
 echo "arch=$(uname -m)"
 echo "kernel=$(uname -r)"
 if [ -n "$py" ]; then
-  echo "python=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"
+  echo "python=$("$py" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)"
   echo "glibc=$("$py" -c 'import platform; print(platform.libc_ver()[1])' 2>/dev/null)"
   echo "venv=$("$py" -c 'import venv, ensurepip' >/dev/null 2>&1 && echo yes || echo no)"
 else
@@ -189,6 +191,7 @@ class Installer:
         facts = HostFacts(
             uid=uid,
             python=python,
+            python_full=raw.get("python", ""),
             glibc=_version(raw["glibc"]) if raw.get("glibc") else (2, 17),
             arch=raw.get("arch", ""),
             systemd=raw.get("systemd") == "yes",
@@ -267,8 +270,10 @@ tar -xzf {q(remote)} -C {q(new)}
 """
             self.sh(script, step="unpack bundle", timeout=300)
         finally:
-            self.sh(f"rm -rf {q(upload_dir)}", step="remove upload", root=False, check=False,
-                    quiet=True)  # fmt: skip
+            # Never let a failed clean-up hide the error that brought us here.
+            with contextlib.suppress(SSHError):
+                self.sh(f"rm -rf {q(upload_dir)}", step="remove upload", root=False,
+                        check=False, quiet=True, timeout=30)  # fmt: skip
         site = "lib/python3*/site-packages"
         script = f"""
 set -e

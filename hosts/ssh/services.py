@@ -317,7 +317,7 @@ def ssh_operation_run(operation_id: str) -> Operation:
 def _install(op: Operation, target: SSHTarget, installer: Installer) -> dict[str, Any]:
     facts = installer.probe()
     record = installer.record
-    built = bundle_mod.build(python=facts.python, arch=facts.arch, glibc=facts.glibc)
+    built = bundle_mod.build(python=facts.python_full, arch=facts.arch, glibc=facts.glibc)
     record("bundle ready", data={"version": built.version, "sha256": built.sha256})
     previous = installer.installed_version()
     host, created = _host_for(target)

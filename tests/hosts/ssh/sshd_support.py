@@ -101,6 +101,10 @@ class SSHHost:
                     "LoginGraceTime 30",
                     "Subsystem sftp internal-sftp",
                     "LogLevel VERBOSE",
+                    # A fresh host's root has no shell start-up files of ours: with SHLVL set,
+                    # bash run by sshd skips ~/.bashrc (this machine's runs `pyenv rehash`,
+                    # which waits up to 60 s on a lock another process may hold).
+                    "SetEnv SHLVL=1",
                     "",
                 ]
             )
@@ -205,10 +209,12 @@ def ssh_host() -> Iterator[SSHHost]:
 
 
 @contextlib.contextmanager
-def temporary_user(host: SSHHost, key: KeyPair) -> Iterator[str]:
-    """A non-root user without sudo, allowed to log in with ``key``; removed on exit."""
+def temporary_user(host: SSHHost, key: KeyPair, *, sudo: bool = False) -> Iterator[str]:
+    """A non-root user allowed to log in with ``key``, with passwordless sudo only when asked
+    (a sudoers.d entry of its own); the user and the entry are removed on exit."""
     name = f"crlu{secrets.token_hex(3)}"
     home = host.work / f"home-{name}"
+    sudoers = Path(f"/etc/sudoers.d/{name}")
     run("useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh",
         "--no-user-group", "--gid", "nogroup", name)  # fmt: skip
     try:
@@ -217,8 +223,12 @@ def temporary_user(host: SSHHost, key: KeyPair) -> Iterator[str]:
         home.mkdir()
         shutil.chown(home, user=name)
         host.authorize(name, key)
+        if sudo:
+            sudoers.write_text(f"{name} ALL=(root) NOPASSWD: ALL\n")
+            sudoers.chmod(0o440)
         yield name
     finally:
+        sudoers.unlink(missing_ok=True)
         pids = run("pgrep", "-u", name, check=False).stdout.split()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, ValueError):

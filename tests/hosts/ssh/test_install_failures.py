@@ -4,6 +4,7 @@ sentence, records its steps, and leaves nothing on the host (no prefix, no stagi
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import subprocess
 import threading
@@ -48,7 +49,10 @@ def assert_nothing_left(target: SSHTarget) -> None:
     prefix = Path(target.install_prefix)
     leftovers = [p for p in (prefix, Path(f"{prefix}.new"), Path(f"{prefix}.old")) if p.exists()]
     assert leftovers == []
-    assert list(Path("/tmp").glob("corral-bundle.*")) == []
+    # Upload directories made during this test (another run may own older ones).
+    since = target.created_at.timestamp() - 1
+    uploads = [p for p in Path("/tmp").glob("corral-bundle.*") if p.stat().st_mtime >= since]
+    assert uploads == []
 
 
 def test_non_root_user_without_sudo_gets_one_prerequisite_error(
@@ -210,3 +214,30 @@ def test_enrollment_failure_after_the_swap_removes_the_new_install_and_the_host(
     assert_nothing_left(target)
     assert not Host.objects.filter(name=target.name).exists()
     assert "crl_" not in " ".join(str(e.data) + e.message for e in op.events.all())
+
+
+@pytest.mark.slow
+def test_passwordless_sudo_user_installs_and_rolls_back_as_root(
+    sshd: SSHHost, django_capture_on_commit_callbacks: Any, settings: Any
+) -> None:
+    """A non-root login with sudo=true: prerequisites pass, staging and the swap run through
+    `sudo -n`, and the rollback after a failed enrollment removes the root-owned files."""
+    if shutil.which("sudo") is None:
+        pytest.skip("sudo is not installed (tests/system-packages.txt lists it)")
+    key = make_key(sshd.work, "sudo_user_key")
+    closed = socket.socket()
+    closed.bind((sshd.host_side, 0))
+    try:
+        settings.CORRAL = {
+            **settings.CORRAL, "PUBLIC_URL": f"http://{sshd.host_side}:{closed.getsockname()[1]}"
+        }  # fmt: skip
+        with temporary_user(sshd, key, sudo=True) as user:
+            target = add_target(sshd, user=user, private_key=key.private_text, sudo=True)
+            op = run_install(target, django_capture_on_commit_callbacks)
+    finally:
+        closed.close()
+    assert op.error_code == "enrollment_failed", op.error
+    facts = next(e.data["facts"] for e in op.events.all() if e.message == "prerequisites met")
+    assert facts["uid"] != "0" and facts["sudo"] == "ok"
+    assert "create venv (offline)" in [e.message for e in op.events.all()]
+    assert_nothing_left(target)

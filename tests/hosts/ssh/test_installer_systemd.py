@@ -27,7 +27,9 @@ class RecordingSession:
 
 
 def facts(systemd: bool) -> HostFacts:
-    return HostFacts(uid=0, python=(3, 11), glibc=(2, 36), arch="x86_64", systemd=systemd)
+    return HostFacts(
+        uid=0, python=(3, 11), python_full="3.11.2", glibc=(2, 36), arch="x86_64", systemd=systemd
+    )
 
 
 def scripts(session: RecordingSession) -> list[str]:
