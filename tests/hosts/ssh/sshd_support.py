@@ -94,7 +94,9 @@ class SSHHost:
                     "UsePAM no",
                     "StrictModes no",
                     "PermitRootLogin prohibit-password",
-                    "PasswordAuthentication no",
+                    # Only temporary users ever get a password (root's is '*').
+                    "PasswordAuthentication yes",
+                    "PermitEmptyPasswords no",
                     "KbdInteractiveAuthentication no",
                     "PubkeyAuthentication yes",
                     "MaxStartups 50",
@@ -209,7 +211,9 @@ def ssh_host() -> Iterator[SSHHost]:
 
 
 @contextlib.contextmanager
-def temporary_user(host: SSHHost, key: KeyPair, *, sudo: bool = False) -> Iterator[str]:
+def temporary_user(
+    host: SSHHost, key: KeyPair, *, sudo: bool = False, password: str = ""
+) -> Iterator[str]:
     """A non-root user allowed to log in with ``key``, with passwordless sudo only when asked
     (a sudoers.d entry of its own); the user and the entry are removed on exit."""
     name = f"crlu{secrets.token_hex(3)}"
@@ -220,6 +224,8 @@ def temporary_user(host: SSHHost, key: KeyPair, *, sudo: bool = False) -> Iterat
     try:
         # UsePAM=no refuses a locked account ('!'); '*' means "no password" but not locked.
         run("usermod", "-p", "*", name)
+        if password:
+            subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True)
         home.mkdir()
         shutil.chown(home, user=name)
         host.authorize(name, key)

@@ -241,3 +241,28 @@ def test_passwordless_sudo_user_installs_and_rolls_back_as_root(
     assert facts["uid"] != "0" and facts["sudo"] == "ok"
     assert "create venv (offline)" in [e.message for e in op.events.all()]
     assert_nothing_left(target)
+
+
+def test_password_login_works_when_allowed_and_a_wrong_one_is_authentication_failed(
+    sshd: SSHHost, django_capture_on_commit_callbacks: Any
+) -> None:
+    key = make_key(sshd.work, "unused_key")
+    with temporary_user(sshd, key, password="correct horse 9") as user:
+        right = services.ssh_target_create(
+            name="pw-right", address=sshd.address, port=sshd.port, user=user,
+            password="correct horse 9", allow_password=True,
+            host_key_fingerprint=sshd.host_key.fingerprint, host_key_type="ssh-ed25519",
+            install_prefix=str(sshd.work / "opt" / "corral-agent"),
+        )  # fmt: skip
+        op = run_install(right, django_capture_on_commit_callbacks)
+        # Authenticated (then refused as not root): the password path works end to end.
+        assert op.error_code == "prerequisite_missing", op.error
+        wrong = services.ssh_target_create(
+            name="pw-wrong", address=sshd.address, port=sshd.port, user=user,
+            password="wrong", allow_password=True,
+            host_key_fingerprint=sshd.host_key.fingerprint, host_key_type="ssh-ed25519",
+        )  # fmt: skip
+        op = run_install(wrong, django_capture_on_commit_callbacks)
+    assert op.error_code == "authentication_failed"
+    assert "(password refused)" in op.error
+    assert "wrong" not in " ".join(e.message + str(e.data) for e in op.events.all())
