@@ -266,3 +266,48 @@ def test_password_login_works_when_allowed_and_a_wrong_one_is_authentication_fai
     assert op.error_code == "authentication_failed"
     assert "(password refused)" in op.error
     assert "wrong" not in " ".join(e.message + str(e.data) for e in op.events.all())
+
+
+@pytest.mark.slow
+def test_failed_upgrade_restores_and_restarts_the_previous_version(
+    sshd: SSHHost, django_capture_on_commit_callbacks: Any, settings: Any
+) -> None:
+    """A previous install (identity, config, logs, a running stand-in agent) survives an
+    upgrade that fails after the swap: it is moved back and started again."""
+    prefix = sshd.work / "opt" / "corral-agent"
+    repo = Path(__file__).resolve().parents[3]
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "venv" / "bin").mkdir(parents=True)
+    (prefix / "state").mkdir()
+    (prefix / "log").mkdir()
+    shutil.copy(repo / "deploy" / "corral-agentctl.sh", prefix / "bin" / "corral-agentctl")
+    stand_in = prefix / "venv" / "bin" / "python"
+    stand_in.write_text("#!/bin/sh\nexec sleep 300\n")
+    stand_in.chmod(0o755)
+    (prefix / "VERSION").write_text("0.0.9+previous\n")
+    (prefix / "agent.json").write_text('{"previous": true}\n')
+    (prefix / "state" / "agent_key.pem").write_text("previous key\n")
+    start = ["sh", str(prefix / "bin" / "corral-agentctl"), str(prefix), "start"]
+    subprocess.run(sshd.exec_argv(start), check=True, capture_output=True)
+    old_pid = int((prefix / "run" / "agent.pid").read_text())
+
+    closed = socket.socket()
+    closed.bind((sshd.host_side, 0))
+    try:
+        settings.CORRAL = {
+            **settings.CORRAL, "PUBLIC_URL": f"http://{sshd.host_side}:{closed.getsockname()[1]}"
+        }  # fmt: skip
+        target = add_target(sshd)
+        op = run_install(target, django_capture_on_commit_callbacks)
+    finally:
+        closed.close()
+    assert op.error_code == "enrollment_failed", op.error
+    messages = [e.message for e in op.events.all()]
+    assert "rollback: restore previous version" in messages
+    assert (prefix / "VERSION").read_text() == "0.0.9+previous\n"
+    assert (prefix / "agent.json").read_text() == '{"previous": true}\n'
+    assert (prefix / "state" / "agent_key.pem").read_text() == "previous key\n"
+    assert not Path(f"{prefix}.new").exists() and not Path(f"{prefix}.old").exists()
+    new_pid = int((prefix / "run" / "agent.pid").read_text())
+    assert new_pid != old_pid and Path(f"/proc/{new_pid}").exists()  # stopped, then restarted
+    subprocess.run(sshd.exec_argv([*start[:-1], "stop"]), check=True, capture_output=True)
