@@ -311,3 +311,29 @@ def test_failed_upgrade_restores_and_restarts_the_previous_version(
     new_pid = int((prefix / "run" / "agent.pid").read_text())
     assert new_pid != old_pid and Path(f"/proc/{new_pid}").exists()  # stopped, then restarted
     subprocess.run(sshd.exec_argv([*start[:-1], "stop"]), check=True, capture_output=True)
+
+
+def test_uninstall_tells_the_operator_which_containers_remain(
+    sshd: SSHHost, django_capture_on_commit_callbacks: Any
+) -> None:
+    prefix = sshd.work / "opt" / "corral-agent"
+    runtime = sshd.work / "runtime"
+    (runtime / "web-1").mkdir(parents=True)
+    (runtime / "db-1").mkdir()
+    (prefix / "venv" / "bin").mkdir(parents=True)
+    (prefix / "state").mkdir()
+    (prefix / "venv" / "bin" / "python").symlink_to("/usr/bin/python3")
+    (prefix / "agent.json").write_text(f'{{"runtime_root": "{runtime}"}}\n')
+    (prefix / "state" / "agent_key.pem").write_text("key\n")
+    target = add_target(sshd)
+    with django_capture_on_commit_callbacks(execute=False):
+        op = services.ssh_operation_start(target=target, action="uninstall")
+    op = services.ssh_operation_run(str(op.pk))
+    assert op.status == "succeeded", op.error
+    assert op.result == {"remaining_containers": ["db-1", "web-1"]}
+    warning = op.events.get(level="warning")
+    assert warning.message.startswith("2 container(s) remain on the host")
+    assert not prefix.exists()
+    assert sorted(p.name for p in runtime.iterdir()) == ["db-1", "web-1"]  # not ours to remove
+    target.refresh_from_db()
+    assert target.state == "uninstalled"
