@@ -116,6 +116,10 @@ class ContainerNetworking:
 
         activator = Activator(spec.sockets, start, stop, spec.idle_stop_seconds)
         activator.arm()
+        for fd in activator.fds:
+            # O_NONBLOCK belongs to the open file, which the container shares: hand it over
+            # blocking, as systemd does (NonBlocking=no). The activator only polls them.
+            os.set_blocking(fd, True)
         try:
             if service.exists(spec.id):  # re-armed after a stop: same bundle, new sockets
                 status = service.prepare(spec.id, preserve_fds=tuple(activator.fds))

@@ -11,6 +11,7 @@ import os
 import random
 import secrets
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ SERVER = (
     "while True:\n"
     "    c, _ = s.accept()\n"
     "    c.sendall(('pong ' + sys.argv[2] + ' pid=' + str(os.getpid()) + '\\n').encode())\n"
+    "    c.recv(1)\n"  # until the client hangs up: a held connection keeps the server busy
     "    c.close()\n"
 )
 
@@ -206,7 +208,9 @@ def test_bridge_container_gets_an_address_reaches_its_gateway_and_is_reachable_f
     wait_for(lambda: leftovers_in_netns(a, cid) == [], 15, "no veth, lease, rule or file left")
 
 
-def test_none_has_only_loopback(net_fleet: dict[str, Any]) -> None:
+def test_none_has_only_loopback_and_host_mode_shares_the_hosts_namespace_when_allowed(
+    net_fleet: dict[str, Any],
+) -> None:
     client = net_fleet["client"]
     a = net_fleet["agents"][0]
     cid = create(
@@ -221,6 +225,20 @@ def test_none_has_only_loopback(net_fleet: dict[str, Any]) -> None:
     wait_for(lambda: "interfaces:" in logs(client, cid), 20, "interfaces listed")
     line = next(x for x in logs(client, cid).splitlines() if "interfaces:" in x)
     assert line.strip().endswith("interfaces: lo"), line
+
+    listing = ["/bin/sh", "-c", "echo interfaces: $(ls /sys/class/net); sleep 600"]
+    body = {"project": net_fleet["project"], "name": "hostnet", "mode": "host",
+            "host": a.host_id, "network_mode": "host", "command": listing}  # fmt: skip
+    refused = client.post("/api/v1/containers/", body, format="json")
+    assert refused.status_code == 400 and refused.json()["field"] == "network_mode", refused.json()
+    Project.objects.filter(slug=net_fleet["project"]).update(allow_host_network=True)
+    shared = client.post("/api/v1/containers/", body, format="json")
+    assert shared.status_code == 201, shared.content
+    hid = shared.json()["id"]
+    observed(client, hid, ("running",))
+    wait_for(lambda: "interfaces:" in logs(client, hid), 20, "host interfaces listed")
+    line = next(x for x in logs(client, hid).splitlines() if "interfaces:" in x)
+    assert "eth0" in line.split() and "lo" in line.split(), line  # the agent host's own
     remove(client, cid)
 
 
@@ -281,7 +299,11 @@ def test_socket_activated_container_starts_on_first_connection_and_idle_stops(
     first = fetch_from(b.host.path, a.host.address, port)
     assert first.startswith("pong lazy pid=1"), first  # pid 1 of its own pid namespace
     assert "listening 1 web" in logs(client, cid)
-    observed(client, cid, ("running",), 10)
+    # While a connection is established the container is not idle (held from the test
+    # process, which reaches the test hosts over their bridge).
+    with socket.create_connection((a.host.address, port), timeout=10) as held:
+        assert held.recv(200).startswith(b"pong lazy")
+        observed(client, cid, ("running",), 20)
 
     # No connection for 2 s: stopped and armed again.
     body = observed(client, cid, ("created",), 20)
