@@ -371,9 +371,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--missing-check-every",
             type=float,
-            default=None,
-            help="seconds between checks of a host for containers it stopped reporting "
-            "(default: CORRAL_HEARTBEAT_INTERVAL); a changed container list is checked at once",
+            default=300.0,
+            help="seconds between checks of a host for containers it no longer reports (300); "
+            "a host whose container list changed is checked at once. Each check is a query, so "
+            "checking every beat would cost one query per beat at fleet scale",
         )
         parser.add_argument(
             "--exit-when-idle",
@@ -391,7 +392,7 @@ class Command(BaseCommand):
         if options["max_wait_ms"] <= 0:
             raise CommandError("--max-wait-ms must be positive")
         every = options["missing_check_every"]
-        if every is not None and every <= 0:
+        if every <= 0:
             raise CommandError("--missing-check-every must be positive")
         broker_url = options["broker_url"] or settings.CELERY_BROKER_URL
         ingestor = HeartbeatIngestor(
