@@ -114,10 +114,14 @@ class Agent:
         return [self.network.decorate(s) for s in self.containers.list()]
 
     def network_startup(self) -> None:
-        """Free the network leftovers of containers that vanished while we were down."""
+        """Free the network leftovers of containers that vanished while we were down, and
+        arm the socket-activated containers that were waiting for a connection."""
+        if not (Path(self.config.state_dir) / "containers").exists():
+            return
+        statuses = self.containers.list()
         if (Path(self.config.state_dir) / "network").exists():
-            live = {s.id for s in self.containers.list()}
-            self.network.startup(live)
+            self.network.startup({s.id for s in statuses})
+        self.network.rearm_waiting(self.containers, statuses)
 
     @property
     def images(self) -> Any:

@@ -19,6 +19,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,7 +116,7 @@ class ContainerNetworking:
             service.stop(spec.id)
 
         activator = Activator(spec.sockets, start, stop, spec.idle_stop_seconds)
-        activator.arm()
+        _arm(activator)
         for fd in activator.fds:
             # O_NONBLOCK belongs to the open file, which the container shares: hand it over
             # blocking, as systemd does (NonBlocking=no). The activator only polls them.
@@ -133,6 +134,24 @@ class ContainerNetworking:
         self._activators[spec.id] = activator
         logger.info("container %s armed on %s", spec.id, ",".join(activator.names))
         return self.decorate(status)
+
+    def rearm_waiting(
+        self, service: ContainerService, statuses: list[ContainerStatus]
+    ) -> list[str]:
+        """At agent start-up: arm again the socket-activated containers that were waiting
+        (their created process, holding the old sockets, is replaced). One that is running
+        keeps serving on the sockets its shim holds, without idle stop until it is started
+        again. Returns the ids armed; a failure is logged, never fatal."""
+        armed = []
+        for status in statuses:
+            try:
+                if status.state == "running" or not service.spec(status.id).sockets:
+                    continue
+                self.rearm(service, status.id)
+                armed.append(status.id)
+            except Exception:
+                logger.exception("could not arm socket-activated container %s", status.id)
+        return armed
 
     def is_activated(self, container_id: str) -> bool:
         return container_id in self._activators
@@ -203,6 +222,22 @@ class ContainerNetworking:
         """Disarm every activator (stops the containers they started)."""
         for cid in list(self._activators):
             self.disarm(cid)
+
+
+def _arm(activator: Activator, timeout: float = 5.0) -> None:
+    """Arm, retrying while a port is still held by a process that is going away (the shim of
+    a container just stopped closes its copies of the sockets when it exits)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            activator.arm()
+            return
+        except NetworkError as exc:
+            cause = exc.__cause__
+            busy = isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def loopback_up(netns_path: str) -> None:

@@ -98,7 +98,7 @@ def net_fleet(stack: Any) -> Iterator[dict[str, Any]]:
     client = APIClient()
     client.force_authenticate(user)
     try:
-        yield {"agents": agents, "client": client, "project": slug}
+        yield {"agents": agents, "client": client, "project": slug, "stack": stack}
     finally:
         _remove_all(client, project)
 
@@ -311,6 +311,16 @@ def test_socket_activated_container_starts_on_first_connection_and_idle_stops(
     second = fetch_from(b.host.path, a.host.address, port)
     assert second.startswith("pong lazy"), second
     assert logs(client, cid).count("listening 1 web") == 2
+
+    # The agent restarts while the container waits: the new agent arms it again.
+    observed(client, cid, ("created",), 20)
+    armed_before = a.proc.log().count(" armed on web")
+    a.proc.kill9()
+    net_fleet["stack"].run_agent(a)
+    wait_for(lambda: a.proc.log().count(" armed on web") > armed_before, 150, "armed again")
+    third = fetch_from(b.host.path, a.host.address, port)
+    assert third.startswith("pong lazy"), third
+    assert logs(client, cid).count("listening 1 web") == 3
 
     remove(client, cid)
     wait_for(lambda: not _port_bound(a, port), 15, "the socket closed after remove")
