@@ -276,5 +276,10 @@ def test_clock_state_is_self_consistent() -> None:
     assert clock["maxerror_us"] >= 0
 
 
-def test_agent_section_reports_the_package_version() -> None:
-    assert system.collect_agent() == {"version": agent.__version__}
+def test_agent_section_reports_the_package_version_and_the_runtime_in_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(system.AGENT_RUNTIME_ENV, raising=False)
+    assert system.collect_agent() == {"version": agent.__version__, "runtime": "corral"}
+    monkeypatch.setenv(system.AGENT_RUNTIME_ENV, "crun")
+    assert system.collect_agent()["runtime"] == "crun"
