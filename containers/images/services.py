@@ -198,6 +198,7 @@ def image_pull(*, user: Any, image: Image, hosts: list[Host]) -> list[Operation]
     return ops
 
 
+@transaction.atomic
 def image_apply_result(op: Operation) -> Image | None:
     """Fold a finished pull into its Image once (compare-and-set on ``applied_at``): digest,
     size, platform, config, labels, layers, the host's ImageLocation, and the verdict from

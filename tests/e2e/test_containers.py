@@ -12,6 +12,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
+from agent.runtime.cgroups import cgroups_path_for
 from containers.models import Container, Membership, Project
 from containers.services import containers_reconcile
 from hosts.models import Host, Operation
@@ -78,8 +79,12 @@ def wait_op(client: APIClient, op_id: str, timeout: float = 30) -> dict:
     return body
 
 
-def cgroup_dirs(cid: str) -> list[Path]:
-    return list(Path("/sys/fs/cgroup").glob(f"*/machine.slice/*/corral-{cid}.scope"))
+def cgroup_dirs(cid: str, project: str = "alpha") -> list[Path]:
+    """The container's cgroup in every v1 hierarchy (names are systemd-escaped: '-' -> \\x2d)."""
+    relative = cgroups_path_for(project, cid, driver="v1").lstrip("/")
+    # Not glob(): a backslash in a pattern escapes the next character.
+    hierarchies = [h for h in Path("/sys/fs/cgroup").iterdir() if h.is_dir()]
+    return [h / relative for h in hierarchies if (h / relative).is_dir()]
 
 
 def leftovers(cid: str, agent: Any) -> list[str]:

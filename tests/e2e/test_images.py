@@ -100,9 +100,15 @@ def test_an_uploaded_archive_runs_as_containers_on_two_hosts(
         assert op.progress_total and op.progress_done == op.progress_total
         assert (agent.state_dir / "images" / "images" / f"{built.digest[7:]}.json").exists()
     image_services.image_pulls_sync()
+
+    def both_hosts_hold_it() -> bool:
+        body = client.get(f"/api/v1/images/{image_id}/").json()
+        return sorted(h["name"] for h in body["hosts"]) == ["img0", "img1"]
+
+    # The worker folds each result in as it arrives; the sync above races it harmlessly.
+    wait_for(both_hosts_hold_it, 20, "both hosts recorded as holding the image")
     body = client.get(f"/api/v1/images/{image_id}/").json()
     assert body["certification"] == "certified"
-    assert sorted(h["name"] for h in body["hosts"]) == ["img0", "img1"]
     _run_on_both(client, built, two_agents)
     gc = client.post(f"/api/v1/images/{image_id}/gc/")
     assert gc.status_code == 202
