@@ -264,6 +264,7 @@ class Agent:
         from agent.inventory import collect_inventory, inventory_hash
 
         inventory = collect_inventory()
+        inventory["container_network"] = self.network_facts()
         digest = inventory_hash(inventory)
         report = InventoryReport(
             collected_at=time.time(),
@@ -275,6 +276,16 @@ class Agent:
             self.reporter.report(names.CP_INVENTORY, report)
             self.last_inventory_hash = digest
         return report
+
+    def network_facts(self) -> dict[str, Any]:
+        """The container network section of the inventory: bridge, subnet, firewall backend and
+        how many addresses are leased (per-container addresses travel in container statuses)."""
+        try:
+            facts = dict(self.network.manager.facts())
+        except Exception as exc:  # a section degrades; the report still goes
+            return {"status": "unknown", "reason": f"{type(exc).__name__}: {exc}"}
+        facts.pop("leases", None)
+        return facts
 
     def inventory_loop(self) -> None:
         while True:
