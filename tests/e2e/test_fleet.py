@@ -98,8 +98,10 @@ def test_three_agents_in_three_namespaces_are_online_with_full_inventory(fleet, 
             "runtimes",
             "clock",
             "agent",
+            "container_network",
         ):
             assert section in inventory, section
+        assert inventory["container_network"]["subnet"] == "10.88.0.0/16"
         # The agent sees its own network namespace: its test address, not the host's.
         assert agent.host.address in str(inventory["network"])
         assert detail["address"] == agent.host.address
