@@ -62,6 +62,7 @@ def ports_conflict_check(container: Container) -> None:
         .exclude(pk=container.pk)
         .only("id", "name", "ports")
     )
+    host_name = container.host.name if container.host is not None else "?"
     for i, mine in enumerate(container.ports):
         field = f"ports[{i}].host_port"
         where = (
@@ -73,7 +74,7 @@ def ports_conflict_check(container: Container) -> None:
         for other in others:
             if any(_same_binding(mine, theirs) for theirs in other.ports):
                 raise PortInUse(
-                    f"{where} is already published on host {container.host.name} by container "
+                    f"{where} is already published on host {host_name} by container "
                     f"{other.name} ({other.pk}).",
                     field=field,
                     holder=str(other.pk),
@@ -195,7 +196,7 @@ IDLE_STOP_LABEL = "corral.idle-stop-seconds"
 def _activation_from_labels(labels: dict[str, str]) -> dict[str, Any]:
     """Socket activation, until the Container model has fields for it: sockets named by
     ``corral.socket.<name>`` labels, idle stop by ``corral.idle-stop-seconds``."""
-    sockets = []
+    sockets: list[dict[str, Any]] = []
     for key, value in sorted(labels.items()):
         if not key.startswith(SOCKET_LABEL):
             continue
@@ -356,6 +357,8 @@ def container_query(
     *, user: Any, container: Container, kind: str, payload: Any, wait: float = 10.0
 ) -> Operation:
     """Ask the agent for logs or stats and wait (bounded) for the answer."""
+    if container.host is None:
+        raise CorralError(f"Container {container.name} is not placed on a host.")
     dispatch.require_reachable(container.host)
     with transaction.atomic():
         op = operation_create(

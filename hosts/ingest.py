@@ -182,7 +182,7 @@ def _bulk_update_postgres(beats: Sequence[Beat], now: datetime) -> dict[str, str
     qn = connection.ops.quote_name
 
     def col(name: str) -> str:
-        return qn(meta.get_field(name).column)
+        return qn(meta.get_field(name).column)  # type: ignore[union-attr,arg-type]
 
     hbs = [b.heartbeat for b in beats]
     params: list[Any] = [

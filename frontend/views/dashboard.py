@@ -65,7 +65,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "-at", "-id"
     )
     if not request.user.is_staff:
-        events = events.filter(container__project__memberships__user=request.user)
+        events = events.filter(container__project__memberships__user=request.user.pk)
     failing = (
         hosts_visible(request)
         .filter(certification=CertificationStatus.NOT_CERTIFIED)

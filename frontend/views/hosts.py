@@ -34,7 +34,7 @@ def hosts_visible(request: HttpRequest) -> QuerySet[Host]:
     qs = Host.objects.defer("inventory")
     if request.user.is_staff:
         return qs
-    slugs = Project.objects.filter(memberships__user=request.user).values("slug")
+    slugs = Project.objects.filter(memberships__user=request.user.pk).values("slug")
     return qs.filter(Q(project_slug="") | Q(project_slug__in=slugs))
 
 

@@ -34,7 +34,7 @@ STATES = [ObservedState.RUNNING] * 8 + [
 
 
 def _findings(ok: bool) -> list[dict[str, Any]]:
-    findings = [
+    findings: list[dict[str, Any]] = [
         {"id": "cert.cgroup.I001", "verdict": "pass", "message": "cgroup controllers present"},
         {"id": "cert.kernel.I002", "verdict": "pass", "message": "user namespaces enabled"},
     ]

@@ -111,7 +111,9 @@ class RedisBatchSource:
         if deliveries:
             tags = [d.tag for d in deliveries]
             pipe = self.client.pipeline(transaction=True)
-            pipe.hdel(self.unacked_key, *tags).zrem(self.unacked_index_key, *tags).execute()
+            pipe.hdel(self.unacked_key, *tags)
+            pipe.zrem(self.unacked_index_key, *tags)
+            pipe.execute()
 
     def requeue(self, deliveries: Sequence[_Delivery]) -> None:
         """Back to the consuming end of the queue, in their order, and no longer unacked."""
@@ -119,7 +121,9 @@ class RedisBatchSource:
             tags = [d.tag for d in deliveries]
             pipe = self.client.pipeline(transaction=True)
             pipe.rpush(self.queue, *[d.raw for d in reversed(deliveries)])
-            pipe.hdel(self.unacked_key, *tags).zrem(self.unacked_index_key, *tags).execute()
+            pipe.hdel(self.unacked_key, *tags)
+            pipe.zrem(self.unacked_index_key, *tags)
+            pipe.execute()
 
 
 def decode_delivery(raw: bytes) -> tuple[Any, dict[str, Any]]:
@@ -192,7 +196,11 @@ class HeartbeatConsumer:
         backoff = 1.0
         while not self.stopping:
             conn = Connection(self.broker_url, transport_options=self.transport_options)
-            broker_errors = (*conn.connection_errors, *conn.channel_errors, OSError)
+            broker_errors: tuple[type[BaseException], ...] = (
+                *conn.connection_errors,
+                *conn.channel_errors,
+                OSError,
+            )
             try:
                 with conn:
                     conn.ensure_connection(max_retries=3)
