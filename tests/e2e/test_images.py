@@ -9,6 +9,7 @@ its collection."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from rest_framework.test import APIClient
 from containers.images import services as image_services
 from containers.models import Image, ImageLocation
 from hosts.models import Host, Operation
-from tests.containers.images.cp_support import oci_tarball, passing_image
+from tests.containers.images.cp_support import docker_save, oci_tarball, passing_image
 from tests.support.procs import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.privileged]
@@ -74,15 +75,19 @@ def two_agents(stack: Any, bridge_server: str, settings: Any, tmp_path: Path) ->
     return agents
 
 
+@pytest.mark.parametrize("archive_format", ["oci-layout", "docker-save"])
 def test_an_uploaded_archive_runs_as_containers_on_two_hosts(
-    stack: Any, two_agents: list[Any], tmp_path: Path
+    stack: Any, two_agents: list[Any], tmp_path: Path, archive_format: str
 ) -> None:
     admin = get_user_model().objects.create_user("img-admin", password="x", is_staff=True)
     client = APIClient()
     client.force_authenticate(admin)
     assert client.post("/api/v1/projects/", {"slug": "alpha", "name": "Alpha"}).status_code == 201
     built = passing_image()
-    archive = oci_tarball(tmp_path, built, "1.0")
+    if archive_format == "oci-layout":
+        archive = oci_tarball(tmp_path, built, "1.0")
+    else:
+        archive = docker_save(tmp_path, built, ["tools:1.0"], new_format=True)
     upload = client.post(
         "/api/v1/images/upload/",
         {"project": "alpha", "name": "tools", "archive": _named(archive)},
@@ -90,6 +95,7 @@ def test_an_uploaded_archive_runs_as_containers_on_two_hosts(
     )
     assert upload.status_code == 201, upload.content
     image_id = upload.json()[0]["id"]
+    reference = upload.json()[0]["reference"]
     hosts = [a.host_id for a in two_agents]
     pulled = client.post(f"/api/v1/images/{image_id}/pull/", {"hosts": hosts}, format="json")
     assert pulled.status_code == 202, pulled.content
@@ -109,7 +115,7 @@ def test_an_uploaded_archive_runs_as_containers_on_two_hosts(
     wait_for(both_hosts_hold_it, 20, "both hosts recorded as holding the image")
     body = client.get(f"/api/v1/images/{image_id}/").json()
     assert body["certification"] == "certified"
-    _run_on_both(client, built, two_agents)
+    shared_layers = _run_on_both(client, reference, two_agents)
     gc = client.post(f"/api/v1/images/{image_id}/gc/")
     assert gc.status_code == 202
     for op in gc.json():
@@ -119,20 +125,28 @@ def test_an_uploaded_archive_runs_as_containers_on_two_hosts(
     for agent in two_agents:
         assert not (agent.state_dir / "images" / "images" / f"{built.digest[7:]}.json").exists()
     assert not ImageLocation.objects.filter(image_id=image_id).exists()
+    # No container uses the image any more: GC freed its unpacked layers on disk.
+    assert [d for d in shared_layers if Path(d).exists()] == []
     assert Image.objects.filter(pk=image_id).exists()  # the upload stays on the control plane
 
 
-def _run_on_both(client: APIClient, built: Any, agents: list[Any]) -> None:
+def _lower_dirs(agent: Any, container_id: str) -> str:
+    bundle = agent.state_dir / "containers" / container_id / "bundle" / "config.json"
+    return str(json.loads(bundle.read_text())["annotations"]["run.corral.rootfs.lower"])
+
+
+def _run_on_both(client: APIClient, reference: str, agents: list[Any]) -> list[str]:
     """The uploaded image runs as a container on each host (the agents' own runtime, overlay
-    over the pulled layers), prints from inside the image, and is removed again."""
+    over the pulled layers), prints from inside the image, and is removed again. A second
+    container on the first host stacks the very same unpacked layer directories."""
     ids = []
-    for agent in agents:
+    for agent in [*agents, agents[0]]:
         resp = client.post(
             "/api/v1/containers/",
             {
                 "project": "alpha",
-                "name": f"hello-{agent.name}",
-                "image": "alpha/tools:1.0",
+                "name": f"hello-{agent.name}-{len(ids)}",
+                "image": reference,
                 "host": agent.host_id,
                 "command": ["/bin/sh", "-c", "echo hello from $(cat /etc/hostname); sleep 60"],
             },
@@ -143,6 +157,10 @@ def _run_on_both(client: APIClient, built: Any, agents: list[Any]) -> None:
         assert created.status == "succeeded", (created.error_code, created.error)
         assert created.result["status"]["state"] == "running"
         ids.append(resp.json()["id"])
+    first, _, again = ids  # the first and third both run on the first host
+    assert _lower_dirs(agents[0], first) == _lower_dirs(agents[0], again)
+    shared = _lower_dirs(agents[0], first).split(":")
+    assert all(Path(d).is_dir() and "/images/layers/" in d for d in shared), shared
     for cid in ids:
         wait_for(
             lambda c=cid: "hello from" in str(client.get(f"/api/v1/containers/{c}/logs/").json()),
@@ -154,6 +172,7 @@ def _run_on_both(client: APIClient, built: Any, agents: list[Any]) -> None:
         assert removed.status_code == 202, removed.content
         done = wait_op(removed.json()["id"])
         assert done.status == "succeeded", (done.error_code, done.error)
+    return shared
 
 
 def _named(path: Path) -> io.BytesIO:
