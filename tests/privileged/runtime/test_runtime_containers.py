@@ -32,9 +32,23 @@ def status_field(pid: int, name: str) -> str:
 
 
 def running(runtime: Runtime, cid: str, bundle: Path) -> int:
+    """Start the container and wait until its init has exec'd the user process: `start`
+    returns once the process is released, and the last steps (seccomp, exec) follow it."""
     runtime.create(cid, bundle)
     runtime.start(cid)
-    return int(runtime.state(cid)["pid"])
+    pid = int(runtime.state(cid)["pid"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == bundle_argv0(bundle):
+            return pid
+        time.sleep(0.005)
+    raise AssertionError(f"container {cid} never exec'd its process")
+
+
+def bundle_argv0(bundle: Path) -> bytes:
+    import json
+
+    return str(json.loads((bundle / "config.json").read_text())["process"]["args"][0]).encode()
 
 
 def mounts_of(pid: int) -> list[str]:
