@@ -16,8 +16,11 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 KERNEL_FILESYSTEMS = ("/proc", "/sys", "/dev")
+REPO = str(Path(__file__).resolve().parents[2])
 
 
 def mount(*args: str) -> None:
@@ -39,6 +42,25 @@ def make_read_only() -> None:
             mount("-o", "remount,bind,ro", point)
 
 
+def private_tmp(keep: list[str]) -> None:
+    """A fresh tmpfs on /tmp (PrivateTmp=). A checkout that itself lives under /tmp (CI may
+    clone anywhere) is carried over into the new /tmp, with its writable sub-mounts, so the
+    units' commands still find their code, as they would under /opt on a real host."""
+    kept = sorted({p for p in keep if p.startswith("/tmp/")}, key=len)
+    stash = ""
+    if kept:
+        stash = tempfile.mkdtemp(dir="/dev/shm", prefix="sandbox-tmp-")
+        mount("--rbind", "/tmp", stash)
+    mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", "/tmp")
+    covered: list[str] = []
+    for path in kept:
+        if any(path.startswith(done + "/") for done in covered):
+            continue  # already inside a carried-over tree (rbind brings its sub-mounts)
+        os.makedirs(path, exist_ok=True)
+        mount("--rbind", stash + path.removeprefix("/tmp"), path)
+        covered.append(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--uid", type=int, required=True, help="user and group id to run as")
@@ -51,7 +73,7 @@ def main() -> None:
     for path in args.rw:
         mount("--bind", path, path)
         mount("-o", "remount,bind,rw", path)
-    mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", "/tmp")
+    private_tmp(keep=[REPO, *args.rw])
     os.execvp(  # noqa: S606 - the sandboxed command replaces this process
         "setpriv",
         [
