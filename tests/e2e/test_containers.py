@@ -205,17 +205,24 @@ def test_two_projects_share_a_host_cpu_fairly(fleet: dict) -> None:
     for cid in ids.values():
         observed(client, cid, ("running",))
 
+    # Both containers' usage must be read at the same instant: the cgroups' own counters,
+    # back to back, on this host (the stats API is checked once below, for both).
+    counters = {}
+    for slug, cid in ids.items():
+        found = [d for d in cgroup_dirs(cid, slug) if d.parent.parent.parent.name == "cpuacct"]
+        assert found, f"no cpuacct cgroup for {slug}"
+        counters[slug] = found[0] / "cpuacct.usage"
+
     def usage() -> dict[str, int]:
-        return {
-            s: client.get(f"/api/v1/containers/{c}/stats/").json()["cpu_usage_ns"]
-            for s, c in ids.items()
-        }
+        return {slug: int(path.read_text()) for slug, path in counters.items()}
 
     time.sleep(1.0)
     before = usage()
     time.sleep(4.0)
     after = usage()
     used = {s: after[s] - before[s] for s in ids}
+    for cid in ids.values():
+        assert client.get(f"/api/v1/containers/{cid}/stats/").json()["cpu_usage_ns"] > 0
     share = used["alpha"] / (used["alpha"] + used["beta"])
     for cid in ids.values():
         client.post(f"/api/v1/containers/{cid}/remove/", {"force": True}, format="json")
