@@ -312,7 +312,10 @@ def test_socket_activated_container_starts_on_first_connection_and_idle_stops(
     assert second.startswith("pong lazy"), second
     assert logs(client, cid).count("listening 1 web") == 2
 
-    # The agent restarts while the container waits: the new agent arms it again.
+    # The agent restarts while the container waits: the new agent arms it again. Wait for
+    # the agent's own word that the second run idled out (the API's observed state can still
+    # say "created" from before the second connection until the next heartbeat).
+    wait_for(lambda: a.proc.log().count("(idle)") >= 2, 30, "the second idle stop")
     observed(client, cid, ("created",), 20)
     armed_before = a.proc.log().count(" armed on web")
     a.proc.kill9()
