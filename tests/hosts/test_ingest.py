@@ -497,7 +497,11 @@ def test_kombu_path_on_a_broker_without_batch_get(
 
     folder = tmp_path / "broker"
     folder.mkdir()
-    options = {"data_folder_in": str(folder), "data_folder_out": str(folder)}
+    options = {
+        "data_folder_in": str(folder),
+        "data_folder_out": str(folder),
+        "control_folder": str(tmp_path / "control"),  # kombu's default is ./control
+    }
     monkeypatch.setenv("CELERY_BROKER_URL", "filesystem://")
     app = Celery("fs-agent", broker="filesystem://")
     app.conf.broker_transport_options = options
