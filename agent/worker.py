@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -514,6 +516,9 @@ def register_tasks(agent: Agent) -> None:
 
 def run(config: AgentConfig, *, loglevel: str = "INFO") -> None:
     """Start the agent: outbox, heartbeats, first inventory, then consume host.<uuid>."""
+    # Until Celery installs its own handlers (after the first inventory), SIGTERM must still
+    # stop the agent cleanly: containers and their monitors are not ours to take down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     agent = Agent(config)
     register_tasks(agent)
     try:

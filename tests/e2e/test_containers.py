@@ -38,7 +38,7 @@ def fleet(stack: Any) -> dict[str, Any]:
     for agent in agents:
         wait_for(
             lambda a=agent: Host.objects.filter(
-                pk=a.host_id, status="online", memory_total__isnull=False
+                pk=a.host_id, status="online", inventory_at__isnull=False, cpus__isnull=False
             ).exists(),
             120,  # agents start slowly when the machine is loaded
             f"{agent.name} online with inventory",

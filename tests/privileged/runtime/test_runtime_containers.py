@@ -39,16 +39,14 @@ def running(runtime: Runtime, cid: str, bundle: Path) -> int:
     pid = int(runtime.state(cid)["pid"])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == bundle_argv0(bundle):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            return pid  # already ran and exited: the test reads what it left
+        if not cmdline or b"python" not in cmdline:  # no longer the runtime's init code
             return pid
         time.sleep(0.005)
     raise AssertionError(f"container {cid} never exec'd its process")
-
-
-def bundle_argv0(bundle: Path) -> bytes:
-    import json
-
-    return str(json.loads((bundle / "config.json").read_text())["process"]["args"][0]).encode()
 
 
 def mounts_of(pid: int) -> list[str]:
