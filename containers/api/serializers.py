@@ -14,6 +14,22 @@ from containers.choices import NetworkMode, Role
 from containers.models import Container, ContainerEvent, Image, Membership, Project
 from hosts.models import Host
 
+# What the control plane and the agents maintain: shown by the API, never written through it.
+OBSERVED_FIELDS = (
+    "desired_state",
+    "observed_state",
+    "observed_at",
+    "exit_code",
+    "pid",
+    "restart_count",
+    "selinux_label",
+    "ip_address",
+    "detail",
+    "started_at",
+    "finished_at",
+    "created_at",
+    "updated_at",
+)
 RESTART_RE = re.compile(r"^(no|always|on-failure(:(\d{1,4}))?)$")
 
 
@@ -103,36 +119,9 @@ class ContainerSerializer(serializers.ModelSerializer):
             "ports",
             "labels",
             "placement",
-            "desired_state",
-            "observed_state",
-            "observed_at",
-            "exit_code",
-            "pid",
-            "restart_count",
-            "selinux_label",
-            "ip_address",
-            "detail",
-            "started_at",
-            "finished_at",
-            "created_at",
-            "updated_at",
+            *OBSERVED_FIELDS,
         ]
-        read_only_fields = [
-            "id",
-            "desired_state",
-            "observed_state",
-            "observed_at",
-            "exit_code",
-            "pid",
-            "restart_count",
-            "selinux_label",
-            "ip_address",
-            "detail",
-            "started_at",
-            "finished_at",
-            "created_at",
-            "updated_at",
-        ]
+        read_only_fields = ["id", *OBSERVED_FIELDS]
 
     def to_representation(self, instance: Container) -> dict[str, Any]:
         data = super().to_representation(instance)
