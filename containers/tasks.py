@@ -18,7 +18,7 @@ from containers import services
 from containers.images.services import image_apply_result
 from hosts import services as host_services
 from hosts.ingest import HeartbeatIngestor
-from hosts.reports import ReportRejected, verify_report
+from hosts.reports import report_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +52,10 @@ def heartbeat_report(message: Any) -> None:
 
 @shared_task(name=names.CP_OPERATION_RESULT, ignore_result=True)
 def operation_result(message: Any) -> None:
-    try:
-        host, result = verify_report(message, names.CP_OPERATION_RESULT)
-    except ReportRejected as exc:
-        logger.warning("operation result rejected: %s", exc)
+    verified = report_or_none(message, names.CP_OPERATION_RESULT, "operation result")
+    if verified is None:
         return
+    host, result = verified
     assert isinstance(result, OperationResult)
     op = host_services.operation_result_apply(host, result)
     if op is not None and result.status != "running":
@@ -66,11 +65,10 @@ def operation_result(message: Any) -> None:
 
 @shared_task(name=names.CP_CONTAINER_EVENT, ignore_result=True)
 def container_event(message: Any) -> None:
-    try:
-        host, event = verify_report(message, names.CP_CONTAINER_EVENT)
-    except ReportRejected as exc:
-        logger.warning("container event rejected: %s", exc)
+    verified = report_or_none(message, names.CP_CONTAINER_EVENT, "container event")
+    if verified is None:
         return
+    host, event = verified
     assert isinstance(event, ContainerEvent)
     services.containers_apply_heartbeat(host, [event.status], check_missing=False)
 

@@ -55,3 +55,13 @@ def verify_report(data: Any, kind: str, *, cached: bool = False) -> tuple[Host, 
         _HOST_CACHE.pop(host_id, None)
         raise ReportRejected(f"{kind} claiming host {host_id}: {exc}") from None
     return host, message
+
+
+def report_or_none(data: Any, kind: str, label: str) -> tuple[Host, Message] | None:
+    """``verify_report`` for task edges: a rejected report is logged as "<label> rejected"
+    and dropped (None), never raised into the worker."""
+    try:
+        return verify_report(data, kind)
+    except ReportRejected as exc:
+        logger.warning("%s rejected: %s", label, exc)
+        return None

@@ -12,18 +12,17 @@ from celery import shared_task
 from agent.protocol import names
 from agent.protocol.messages import InventoryReport
 from hosts import services
-from hosts.reports import ReportRejected, verify_report
+from hosts.reports import report_or_none
 
 logger = logging.getLogger(__name__)
 
 
 @shared_task(name=names.CP_INVENTORY, ignore_result=True)
 def inventory_report(message: Any) -> None:
-    try:
-        host, report = verify_report(message, names.CP_INVENTORY)
-    except ReportRejected as exc:
-        logger.warning("inventory report rejected: %s", exc)
+    verified = report_or_none(message, names.CP_INVENTORY, "inventory report")
+    if verified is None:
         return
+    host, report = verified
     assert isinstance(report, InventoryReport)
     services.host_inventory_record(host, report)
     from hosts.certification import host_certification_record
