@@ -90,6 +90,7 @@ class Agent:
                 Path(self.config.state_dir) / "containers",
                 Path(self.config.runtime_root),
                 before_start=self.network.before_start,
+                netns_for=self.network.netns_for,
             )
         return self._containers
 

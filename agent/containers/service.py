@@ -49,11 +49,15 @@ class ContainerService:
         options: SpecOptions | None = None,
         use_zygote: bool = True,
         before_start: Callable[[ContainerSpec, int], None] | None = None,
+        netns_for: Callable[[ContainerSpec], str | None] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         # Called with the spec and the created process's host pid before every start (the
         # network is attached here: the namespace exists, the user process has not run).
         self.before_start = before_start
+        # Called before every runtime create: the path of the network namespace the container
+        # joins, made ready (pinned, so processes the shim restarts keep the network), or None.
+        self.netns_for = netns_for
         self.runtime = Runtime(runtime_root)
         self.options = options or SpecOptions(cgroup_driver=detect_driver())
         # sVirt: one MCS category pair per container on this host, persisted, released on
@@ -80,7 +84,7 @@ class ContainerService:
             undo.callback(shutil.rmtree, cdir, True)
             self._write_bundle(spec, rootfs_layers or [])
             write_atomic(cdir / SPEC_FILE, json.dumps(spec.to_dict()))
-            self._runtime_create(spec.id, preserve_fds)
+            self._runtime_create(spec, preserve_fds)
             undo.pop_all()
         logger.info("container %s created", spec.id)
         return self.status(spec.id)
@@ -102,6 +106,9 @@ class ContainerService:
                 upper_dir=str(cdir / "upper"),
                 work_dir=str(cdir / "work"),
             )
+        netns = self.netns_for(spec) if self.netns_for is not None else None
+        if netns:
+            extra["netns_path"] = netns
         level = self.mcs.allocate(spec.id)
         if selinux.selinux_enabled():
             extra["selinux_process_label"] = selinux.process_label(level)
@@ -110,7 +117,10 @@ class ContainerService:
         config = to_oci(spec, root_path=str(rootfs), options=options)
         write_atomic(bundle / "config.json", json.dumps(config, indent=1))
 
-    def _runtime_create(self, container_id: str, preserve_fds: tuple[int, ...] = ()) -> None:
+    def _runtime_create(self, spec: ContainerSpec, preserve_fds: tuple[int, ...] = ()) -> None:
+        container_id = spec.id
+        if self.netns_for is not None:
+            self.netns_for(spec)  # the pinned namespace the config joins (again after a reboot)
         bundle = self._dir(container_id) / "bundle"
         if self.zygote is not None:
             self.zygote.create(self.runtime.store.root, container_id, bundle, preserve_fds)
@@ -125,7 +135,7 @@ class ContainerService:
         if state is None or state["status"] == "stopped":
             if state is not None:
                 self._archive_and_delete(container_id)
-            self._runtime_create(container_id, preserve_fds)
+            self._runtime_create(spec, preserve_fds)
             state = self._runtime_state(container_id)
         if state is not None and state["status"] == "created":
             if self.before_start is not None:
@@ -136,12 +146,12 @@ class ContainerService:
     def prepare(self, container_id: str, *, preserve_fds: tuple[int, ...] = ()) -> ContainerStatus:
         """Create the runtime container again from its bundle (not started), e.g. holding new
         sockets; a created or running one is left as it is."""
-        self._spec(container_id)
+        spec = self._spec(container_id)
         state = self._runtime_state(container_id)
         if state is None or state["status"] == "stopped":
             if state is not None:
                 self._archive_and_delete(container_id)
-            self._runtime_create(container_id, preserve_fds)
+            self._runtime_create(spec, preserve_fds)
         return self.status(container_id)
 
     def stop(self, container_id: str, timeout: float | None = None) -> ContainerStatus:

@@ -1,7 +1,11 @@
 """Networking and socket activation wired into the agent's containers.
 
-The container service calls :meth:`ContainerNetworking.before_start` between create and
-start, when the container's namespaces exist and its user process has not run: bridge
+Every container not in ``host`` mode runs in a pinned network namespace
+(:mod:`agent.network.netns`) that the container service asks for with
+:meth:`ContainerNetworking.netns_for` before each runtime create, so a process its shim starts
+again (restart policy) finds the same interfaces, address and routes. The container service
+calls :meth:`ContainerNetworking.before_start` between create and start, when the container's
+namespaces exist and its user process has not run: bridge
 containers are attached (veth, address, published ports) and get ``/etc/resolv.conf`` and
 ``/etc/hosts``; ``none`` containers get ``lo`` up; ``host`` containers share the agent's
 namespace and need nothing. Socket-activated containers are created holding the listening
@@ -28,6 +32,7 @@ from agent.network import links
 from agent.network.activation import Activator
 from agent.network.errors import NetworkError
 from agent.network.manager import DEFAULT_SUBNET, Attachment, NetworkManager
+from agent.network.netns import NetnsPins
 from agent.protocol.containers import ContainerSpec, ContainerStatus
 from agent.runtime.linux import CLONE_NEWNET, LINUX
 
@@ -63,6 +68,7 @@ class ContainerNetworking:
         self._manager: NetworkManager | None = None
         self._lock = threading.Lock()
         self._activators: dict[str, Activator] = {}
+        self.pins = NetnsPins(self.state_dir / "netns")
 
     @property
     def manager(self) -> NetworkManager:
@@ -75,10 +81,23 @@ class ContainerNetworking:
                 )
             return self._manager
 
-    # -- between create and start ---------------------------------------------------------
+    # -- before create, between create and start -----------------------------------------
+
+    def netns_for(self, spec: ContainerSpec) -> str | None:
+        """The network namespace every process of the container joins, pinned (made now if
+        missing); None for a new one per process: ``host`` mode, or a container with its own
+        user namespace (a namespace we pin belongs to the host's user namespace, and the
+        container could neither configure it nor mount its /sys)."""
+        if spec.network.mode == "host" or spec.uid_mappings or spec.gid_mappings:
+            return None
+        return str(self.pins.ensure(spec.id))
 
     def before_start(self, spec: ContainerSpec, pid: int) -> None:
-        """Connect the created container (host pid ``pid``) as its spec says."""
+        """Connect the created container (host pid ``pid``) as its spec says. Its namespace
+        is the pinned one where it has one (a container created before pins existed has its
+        own): it is reached through the process either way. Attaching again (a start after a
+        stop) replaces the veth: its host end is deleted first, which takes the old ``eth0``
+        out of the pinned namespace with it."""
         mode = spec.network.mode
         if mode == "host":
             return
@@ -202,21 +221,29 @@ class ContainerNetworking:
         return lease.ip_address if lease is not None else None
 
     def removed(self, container_id: str) -> None:
-        """After the container is deleted: its veth, lease, port rules and files go."""
+        """After the container is deleted: its veth, lease, port rules, files and pinned
+        namespace go."""
         self.disarm(container_id)
         if self._manager is None and not self.state_dir.exists():
             return
+        self.pins.remove(container_id)
         self.manager.detach(container_id)
 
     def startup(self, live_ids: set[str]) -> list[str]:
-        """At agent start-up: free what vanished containers held. Never fails the agent."""
+        """At agent start-up: free what vanished containers held (veths, leases, rules, files,
+        pinned namespaces). Returns the ids cleaned; never fails the agent."""
         if not self.state_dir.exists():
             return []
+        cleaned: set[str] = set()
         try:
-            return self.manager.cleanup_orphans(live_ids)
+            cleaned.update(self.manager.cleanup_orphans(live_ids))
         except Exception:
             logger.exception("network clean-up at start-up failed")
-            return []
+        try:
+            cleaned.update(self.pins.cleanup_orphans(live_ids))
+        except Exception:
+            logger.exception("clean-up of pinned network namespaces at start-up failed")
+        return sorted(cleaned)
 
     def close(self) -> None:
         """Disarm every activator (stops the containers they started)."""

@@ -10,6 +10,7 @@ directory, which is how ``state``, ``delete`` and the agent (after a restart) fi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import select
@@ -22,7 +23,7 @@ from typing import Any, NoReturn
 from agent.runtime import process as process_mod
 from agent.runtime.config import Config
 from agent.runtime.errors import RuntimeFailure
-from agent.runtime.linux import O_PATH, PR_SET_CHILD_SUBREAPER, Linux
+from agent.runtime.linux import CLONE_NEWNET, O_PATH, PR_SET_CHILD_SUBREAPER, Linux
 from agent.runtime.process import Launch, Stdio, spawn
 from agent.runtime.state import FIFO, LOG, StateStore, proc_start_time
 
@@ -152,6 +153,7 @@ class Shim:
         if self.config.cgroups_path:
             self.cgroup = _cgroup_step("cgroup.create", lambda: self._make_cgroup())
         self.timings.append(("shim.cgroup", round((time.perf_counter() - started) * 1000, 3)))
+        self._join_network_namespace()
         max_bytes = int(self.config.annotations.get("run.corral.log.max-bytes", DEFAULT_LOG_MAX))
         self.log = LogWriter(self.dir / LOG, max_bytes)
         fifo_fd = os.open(self.dir / FIFO, O_PATH | os.O_CLOEXEC)
@@ -162,6 +164,27 @@ class Shim:
             os.close(fifo_fd)
         self.timings.append(("shim.spawn", round((time.perf_counter() - started) * 1000, 3)))
         return pid
+
+    def _join_network_namespace(self) -> None:
+        """A network namespace given by path (the agent's pinned one) is joined here, once:
+        every process the shim spawns, the first and each restart, is then cloned straight
+        into it (the runtime's direct path) instead of through a stage that joins it. The
+        shim itself uses no network; the container's sockets it holds were bound before."""
+        ns = self.config.namespace("network")
+        if ns is None or ns.path is None:
+            return
+        try:
+            fd = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise RuntimeFailure.from_os(f"namespaces.join network open {ns.path}", exc) from None
+        try:
+            self.linux.setns(fd, CLONE_NEWNET)
+        except OSError as exc:
+            raise RuntimeFailure.from_os("namespaces.join network", exc) from None
+        finally:
+            os.close(fd)
+        kept = tuple(n for n in self.config.namespaces if n.type != "network")
+        self.config = dataclasses.replace(self.config, namespaces=kept)
 
     def _make_cgroup(self) -> Any:
         mgr = cgroup_manager(self.config)

@@ -64,6 +64,9 @@ class SpecOptions:
     upper_dir: str = ""
     work_dir: str = ""
     private_dir: str = ""  # host containers: holds etc-upper, etc-work, var
+    # A network namespace to join by path (pinned by the agent, so it outlives any single
+    # process of the container); empty: a new one per process. Unused in host network mode.
+    netns_path: str = ""
     seccomp: bool = True
     extra_annotations: dict[str, str] = field(default_factory=dict)
 
@@ -203,8 +206,11 @@ def linux_section(spec: ContainerSpec, options: SpecOptions) -> dict[str, Any]:
     ns_types = ["pid", "ipc", "uts", "mount", "cgroup"]
     if spec.network.mode != "host":
         ns_types.append("network")
+    namespaces: list[dict[str, str]] = [{"type": t} for t in ns_types]
+    if spec.network.mode != "host" and options.netns_path:
+        namespaces[-1]["path"] = options.netns_path
     linux: dict[str, Any] = {
-        "namespaces": [{"type": t} for t in ns_types],
+        "namespaces": namespaces,
         "maskedPaths": list(MASKED_PATHS),
         "readonlyPaths": list(READONLY_PATHS),
         "resources": oci_resources(spec.resources),

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.protocol.containers import ContainerSpec, IdMapping, ImageRef, Resources, RestartPolicy
+from agent.protocol.containers import (
+    ContainerSpec,
+    IdMapping,
+    ImageRef,
+    NetworkSpec,
+    Resources,
+    RestartPolicy,
+)
 from agent.runtime.config import CAP_NUMBERS, parse_config
 from agent.runtime.errors import ConfigError
 from agent.runtime.spec import (
@@ -82,6 +89,16 @@ def test_id_mappings_add_a_user_namespace() -> None:
     assert {"type": "user"} in cfg["linux"]["namespaces"]
     assert cfg["linux"]["uidMappings"] == [{"containerID": 0, "hostID": 5000, "size": 1101}]
     assert cfg["linux"]["gidMappings"] == cfg["linux"]["uidMappings"]
+
+
+def test_a_pinned_network_namespace_is_joined_by_path_except_in_host_mode() -> None:
+    opts = SpecOptions(lower_dirs=("/l",), netns_path="/state/network/netns/" + CID)
+    cfg = to_oci(image_spec(), root_path="/r", options=opts)
+    assert {"type": "network", "path": "/state/network/netns/" + CID} in cfg["linux"]["namespaces"]
+    parsed = parse_config(cfg, bundle="/c").namespace("network")
+    assert parsed is not None and parsed.path == "/state/network/netns/" + CID
+    host = to_oci(image_spec(network=NetworkSpec(mode="host")), root_path="/r", options=opts)
+    assert all(n["type"] != "network" for n in host["linux"]["namespaces"])
 
 
 def test_cgroup_parent_and_selinux_labels_are_configurable() -> None:
