@@ -7,7 +7,6 @@ drivers run unchanged against a fake cgroup2 tree in a temporary directory.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import time
@@ -19,7 +18,9 @@ CGROUP2_SUPER_MAGIC = 0x63677270
 CGROUP_SUPER_MAGIC = 0x0027E0EB
 TMPFS_MAGIC = 0x01021994
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library the interpreter already has loaded (dlopen(NULL)): ctypes.util.find_library
+# would run ``ldconfig -p`` in a subprocess, milliseconds on every shim and CLI start.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def statfs_type(path: str) -> int:
