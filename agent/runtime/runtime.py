@@ -17,13 +17,19 @@ import select
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from agent.runtime.config import Config, Namespace, Process, load_config
-from agent.runtime.errors import ContainerNotFound, RuntimeFailure
+from agent.runtime.errors import ConfigError, ContainerNotFound, RuntimeFailure
 from agent.runtime.linux import LINUX, NAMESPACE_PROC_NAMES, Linux
 from agent.runtime.process import Launch, Stdio, spawn
-from agent.runtime.shim import cgroup_manager, exit_code_of, run_shim, shim_cgroup
+from agent.runtime.shim import (
+    cgroup_manager,
+    exit_code_of,
+    run_shim,
+    shim_cgroup,
+    shim_scope_may_exist,
+)
 from agent.runtime.state import (
     DEFAULT_ROOT,
     FIFO,
@@ -32,10 +38,12 @@ from agent.runtime.state import (
     live_status,
     oci_state,
     proc_start_time,
+    wait_pid_gone,
     write_atomic,
 )
 
 START_TIMEOUT = 10.0
+_POLL = 0.002  # seconds between state reads when no process exit can tell us more
 
 
 def parse_signal(value: str | int) -> int:
@@ -51,6 +59,36 @@ def parse_signal(value: str | int) -> int:
         if sig is not None:
             return int(sig)
     raise RuntimeFailure("signal", f"unknown signal {value!r}")
+
+
+def read_shim_report(fd: int) -> int:
+    """The shim's one-line report: the container's pid, or the error it failed with."""
+    # One line, not EOF: the container process holds a copy of the write end until exec.
+    chunks = []
+    while (chunk := os.read(fd, 65536)) and not chunk.endswith(b"\n"):
+        chunks.append(chunk)
+    chunks.append(chunk)
+    if not b"".join(chunks).strip():
+        raise RuntimeFailure("shim", "the monitor exited without reporting")
+    msg = json.loads(b"".join(chunks))
+    if "config_error" in msg:
+        raise ConfigError(msg["config_error"]["field"], msg["config_error"]["message"])
+    if "error" in msg:
+        raise RuntimeFailure.from_dict(msg["error"])
+    return int(msg["pid"])
+
+
+def report_failure(fd: int, exc: ConfigError | RuntimeFailure | OSError) -> NoReturn:
+    """Write ``exc`` as :func:`read_shim_report` reads it, and exit (a spare shim's end)."""
+    if isinstance(exc, ConfigError):
+        msg: dict[str, Any] = {"config_error": {"field": exc.field, "message": exc.message}}
+    elif isinstance(exc, RuntimeFailure):
+        msg = {"error": exc.to_dict()}
+    else:
+        msg = {"error": RuntimeFailure.from_os("state", exc).to_dict()}
+    with contextlib.suppress(OSError):
+        os.write(fd, json.dumps(msg).encode() + b"\n")
+    os._exit(1)
 
 
 class Runtime:
@@ -114,18 +152,28 @@ class Runtime:
         os.close(write_fd)
         if self.double_fork:
             os.waitpid(middle, 0)
-        # One line, not EOF: the container process holds a copy of the write end until exec.
-        chunks = []
-        while (chunk := os.read(read_fd, 65536)) and not chunk.endswith(b"\n"):
-            chunks.append(chunk)
-        chunks.append(chunk)
-        os.close(read_fd)
-        if not b"".join(chunks).strip():
-            raise RuntimeFailure("shim", "the monitor exited without reporting")
-        msg = json.loads(b"".join(chunks))
-        if "error" in msg:
-            raise RuntimeFailure.from_dict(msg["error"])
-        return int(msg["pid"])
+        try:
+            return read_shim_report(read_fd)
+        finally:
+            os.close(read_fd)
+
+    def create_in_spare(
+        self, container_id: str, bundle: str, result_fd: int, preserve_fds: tuple[int, ...]
+    ) -> NoReturn:
+        """``create`` run inside a spare shim (a process the zygote forked and detached before
+        the request came): the same checks and steps, then this process becomes the
+        container's shim. Failures are undone here and reported on ``result_fd``."""
+        try:
+            config = load_config(bundle)
+            self.store.make_dir(container_id)
+        except (ConfigError, RuntimeFailure, OSError) as exc:
+            report_failure(result_fd, exc)
+        try:
+            self._make_fifo(self.store.dir(container_id) / FIFO, config)
+        except OSError as exc:
+            self.store.remove(container_id)
+            report_failure(result_fd, exc)
+        run_shim(self.linux, self.store, container_id, config, result_fd, preserve_fds, spare=True)
 
     def start(self, container_id: str) -> None:
         """Let the created container exec its process (OCI ``start``)."""
@@ -210,25 +258,28 @@ class Runtime:
         self.store.update(container_id, change)
 
     def wait(self, container_id: str, timeout: float | None = None) -> int | None:
-        """Wait until the container process exited and the shim recorded it; the exit code."""
+        """Wait until the container process exited and the shim recorded it; the exit code.
+
+        Sleeps on pidfds rather than a timer: first on the container's process, then on its
+        shim, which exits right after recording the exit. Only when a restart policy keeps
+        the shim (or the shim is gone) is the state re-read every 2 ms."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        state = self.store.read(container_id)
-        pid = int(state.get("pid") or 0)
-        if live_status(state) in ("created", "running") and pid:
-            with contextlib.suppress(ProcessLookupError):
-                pidfd = os.pidfd_open(pid)
-                try:
-                    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    select.select([pidfd], [], [], remaining)
-                finally:
-                    os.close(pidfd)
+        shim_gone = False
         while True:
             state = self.store.read(container_id)
             if state.get("status") == "stopped" and state.get("exit_code") is not None:
                 return int(state["exit_code"])
-            if deadline is not None and time.monotonic() > deadline:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
                 return None
-            time.sleep(0.002)
+            poll = _POLL if remaining is None else min(remaining, _POLL)
+            if live_status(state) in ("created", "running"):
+                wait_pid_gone(state.get("pid"), state.get("pid_start_time"), remaining)
+            elif not shim_gone:
+                shim = int(state.get("shim_pid") or 0)
+                shim_gone = wait_pid_gone(shim, proc_start_time(shim) if shim else None, poll)
+            else:
+                time.sleep(poll)
 
     def delete(self, container_id: str, *, force: bool = False) -> None:
         """Remove a stopped container (``force``: kill it first). Leaves no cgroup or state."""
@@ -246,20 +297,19 @@ class Runtime:
         self.store.remove(container_id)
 
     def _wait_gone(self, state: dict[str, Any], timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while live_status(state) in ("created", "running"):
-            if time.monotonic() > deadline:
-                raise RuntimeFailure("delete", "container process did not die", errno.ETIMEDOUT)
-            time.sleep(0.002)
+        if not wait_pid_gone(state.get("pid"), state.get("pid_start_time"), timeout):
+            raise RuntimeFailure("delete", "container process did not die", errno.ETIMEDOUT)
 
     def _destroy_shim_cgroup(self, container_id: str, state: dict[str, Any]) -> None:
-        """The shim exits right after recording the exit; then its scope can go."""
+        """The shim exits right after recording the exit (removing its scope, if it had moved
+        into one); once it is gone, remove a scope a killed shim may have left."""
+        shim_pid = int(state.get("shim_pid") or 0)
+        if shim_pid:
+            wait_pid_gone(shim_pid, proc_start_time(shim_pid), 2.0)
+        if not shim_scope_may_exist(container_id):
+            return  # the usual case: no cgroup driver to load, nothing to remove
         from agent.runtime.cgroups import new_manager
 
-        shim_pid = int(state.get("shim_pid") or 0)
-        deadline = time.monotonic() + 2.0
-        while shim_pid and proc_start_time(shim_pid) is not None and time.monotonic() < deadline:
-            time.sleep(0.002)
         with contextlib.suppress(Exception):
             mgr = new_manager(shim_cgroup(container_id))
             mgr.destroy()

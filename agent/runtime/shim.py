@@ -35,7 +35,22 @@ def shim_cgroup(container_id: str) -> str:
     return f"{SHIM_SLICE}/shim-{container_id}.scope"
 
 
+def shim_scope_may_exist(container_id: str, root: str = "/sys/fs/cgroup") -> bool:
+    """Whether the shim's scope directory exists under any layout (v2 or systemd unified,
+    v1 controllers, the v1 ``name=systemd`` hierarchy): a cheap probe, so that ``delete``
+    loads a cgroup driver only when there is a scope to remove."""
+    scope = shim_cgroup(container_id)
+    layouts = ("", "/unified", "/systemd", "/memory", "/pids", "/cpu", "/cpu,cpuacct")
+    return any(os.path.isdir(f"{root}{layout}{scope}") for layout in layouts)
+
+
 _DRAIN_SECONDS = 0.2
+# How long a container must have run before its shim moves into its own scope. Moving a
+# process between v1 cgroups waits for an RCU grace period (~15 ms here): paid up front, it
+# delayed every short container's exit record by that much. A container that is done sooner
+# never costs a scope at all; until the move the shim stays in its creator's cgroup (the
+# zygote's, or the CLI's).
+SCOPE_DELAY = 0.05
 
 
 def iso_now(now: float | None = None) -> str:
@@ -116,6 +131,22 @@ def exit_code_of(wait_status: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def detach(linux: Linux, keep: int, *more: int) -> None:
+    """Leave the caller's session and stdio; keep only ``keep`` (and ``more``: fds to pass to
+    the container) of its fds. Done by each shim, or ahead of time by a spare (zygote)."""
+    os.setsid()
+    linux.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    low = 3
+    for fd in sorted({keep, *more}):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
+
+
 class Shim:
     """The monitor of one container, running in its own process."""
 
@@ -129,23 +160,12 @@ class Shim:
         self.log: LogWriter | None = None
         self.oom_seen = 0
         self.timings: list[tuple[str, float]] = []
+        self.scope_due: float | None = None  # monotonic time to leave the caller's cgroup
         self.extra_fds: tuple[int, ...] = ()  # kept open for every (re)start of the process
 
     # --- process set-up -----------------------------------------------------------------
     def detach(self, keep: int, *more: int) -> None:
-        """Leave the caller's session and stdio; keep only ``keep`` (and ``more``: fds to
-        pass to the container) of its fds."""
-        os.setsid()
-        self.linux.prctl(PR_SET_CHILD_SUBREAPER, 1)
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.close(null)
-        low = 3
-        for fd in sorted({keep, *more}):
-            os.closerange(low, fd)
-            low = fd + 1
-        os.closerange(low, 1 << 16)
+        detach(self.linux, keep, *more)
 
     def create(self) -> int:
         """cgroup, pipes, the container process waiting on the exec fifo; returns its pid."""
@@ -219,7 +239,7 @@ class Shim:
     # --- monitoring ---------------------------------------------------------------------
     def monitor(self, pid: int) -> NoReturn:
         """Log output, record exits, restart per policy; exit when the container is done."""
-        self._leave_caller_cgroup()
+        self.scope_due = time.monotonic() + SCOPE_DELAY
         while True:
             status = self._pump_until_exit(pid)
             restart = self._record_exit(status)
@@ -230,7 +250,8 @@ class Shim:
                 break
         if self.log is not None:
             self.log.close()
-        self._remove_own_scope()
+        if self.scope_due is None:  # we moved into our scope: take it away again
+            self._remove_own_scope()
         os._exit(0)
 
     def _remove_own_scope(self) -> None:
@@ -243,8 +264,9 @@ class Shim:
             new_manager(shim_cgroup(self.id)).destroy()
 
     def _leave_caller_cgroup(self) -> None:
-        """Off the start path: move into the shim's own scope, out of the caller's cgroup (so
-        stopping the agent's cgroup does not take the monitors with it)."""
+        """Once the container has run for SCOPE_DELAY: move into the shim's own scope, out of
+        the caller's cgroup (so stopping the agent's cgroup does not take the monitors with
+        it)."""
         with contextlib.suppress(Exception):
             from agent.runtime.cgroups import new_manager
 
@@ -264,6 +286,13 @@ class Shim:
         wait_status = 0
         while True:
             timeout = 1000 if exited_at is None else 20
+            if self.scope_due is not None and exited_at is None:
+                due_in = self.scope_due - time.monotonic()
+                if due_in <= 0:
+                    self.scope_due = None
+                    self._leave_caller_cgroup()
+                else:
+                    timeout = min(timeout, int(due_in * 1000) + 1)
             for fd, _ in poller.poll(timeout):
                 if fd == pidfd:
                     poller.unregister(pidfd)
@@ -389,13 +418,18 @@ def run_shim(
     config: Config,
     result_fd: int,
     preserve_fds: tuple[int, ...] = (),
+    *,
+    spare: bool = False,
 ) -> NoReturn:
     """Body of the shim process: create the container, report to the caller, then monitor.
-    ``preserve_fds`` become fds 3.. of the container process (OCI ``--preserve-fds``)."""
+    ``preserve_fds`` become fds 3.. of the container process (OCI ``--preserve-fds``).
+    ``spare``: this process detached ahead of time (zygote) and, as nobody waits to undo it,
+    removes the container's directory itself when the create fails."""
     shim = Shim(linux, store, container_id, config)
     shim.extra_fds = tuple(preserve_fds)
     try:
-        shim.detach(result_fd, *preserve_fds)
+        if not spare:
+            shim.detach(result_fd, *preserve_fds)
         pid = shim.create()
         start_time = proc_start_time(pid)
         state = {
@@ -423,6 +457,8 @@ def run_shim(
         if shim.cgroup is not None:
             with contextlib.suppress(Exception):
                 shim.cgroup.destroy()
+        if spare:
+            store.remove(container_id)
         with contextlib.suppress(OSError):
             os.write(result_fd, json.dumps({"error": failure.to_dict()}).encode() + b"\n")
         os._exit(1)

@@ -12,7 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
+import select
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,23 @@ def proc_start_time(pid: int) -> int | None:
     if fields[0] == b"Z":
         return None  # a zombie has exited; only its parent's wait is pending
     return int(fields[19])
+
+
+def wait_pid_gone(pid: int | None, start_time: int | None, timeout: float | None) -> bool:
+    """Wait (on a pidfd, no polling) until the process ``pid`` that started at ``start_time``
+    has exited; False on timeout. A pid now used by another process counts as gone."""
+    if not pid or start_time is None:
+        return True
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        if proc_start_time(pid) != start_time:
+            return True  # it exited (or is a zombie) before we held it
+        return bool(select.select([pidfd], [], [], timeout)[0])
+    finally:
+        os.close(pidfd)
 
 
 class StateStore:
@@ -121,7 +138,23 @@ class StateStore:
         return sorted(p.name for p in self.root.iterdir() if (p / STATE_FILE).exists())
 
     def remove(self, container_id: str) -> None:
-        shutil.rmtree(self.dir(container_id), ignore_errors=True)
+        """Delete the container's directory. It holds only files (state, lock, fifo, logs),
+        so a flat unlink is enough; anything else falls back to ``rmtree``."""
+        path = self.dir(container_id)
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        raise IsADirectoryError(entry.path)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+            os.rmdir(path)
+        except FileNotFoundError:
+            return
+        except OSError:
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def live_status(state: dict[str, Any]) -> str:

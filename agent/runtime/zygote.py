@@ -10,6 +10,7 @@ with the container's state. ``start``, ``kill`` and ``state`` need no fork and r
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import socket
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from agent.runtime.errors import ConfigError, ContainerNotFound, RuntimeFailure
 
@@ -117,21 +118,73 @@ class Zygote:
         return self.proc.pid if self.proc is not None else None
 
 
+class Spare:
+    """A shim forked and detached before it is needed (fork and detach cost milliseconds
+    here), waiting on a socket for the one create it will serve; it then does what
+    ``Runtime.create`` does and becomes that container's shim. Each serves one container:
+    every container still gets fresh namespaces, its own cgroup and its own shim."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # Objects that exist now are shared with the child copy-on-write; a garbage collection
+        # there would write to every one of them (page faults, copies). Frozen, it skips them.
+        gc.freeze()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _spare_main(theirs)
+        theirs.close()
+        self.sock = ours
+        self.pid = pid
+
+    def create(self, request: dict[str, Any], fds: tuple[int, ...]) -> int:
+        """Hand over one create; the container's pid once it is created (or its error)."""
+        from agent.runtime.runtime import read_shim_report
+
+        try:
+            socket.send_fds(self.sock, [json.dumps(request).encode()], list(fds))
+            return read_shim_report(self.sock.fileno())
+        finally:
+            self.sock.close()
+
+
+def _spare_main(sock: socket.socket) -> NoReturn:
+    from agent.runtime.linux import LINUX
+    from agent.runtime.runtime import Runtime
+    from agent.runtime.shim import detach
+
+    try:
+        detach(LINUX, sock.fileno())
+        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 64)
+    except BaseException:
+        os._exit(1)
+    if not data:
+        os._exit(0)  # the zygote is closing: no container for us
+    request = json.loads(data)
+    rt = Runtime(request["root"], double_fork=False)
+    rt.create_in_spare(request["id"], request["bundle"], sock.fileno(), tuple(fds))
+
+
 def serve(fd: int) -> None:
-    """Helper side: answer requests until the agent closes its end."""
+    """Helper side: answer requests until the agent closes its end. A spare shim is forked
+    while we wait, so a create finds one ready."""
     with contextlib.suppress(ImportError):  # warm what every create needs, once
         import agent.runtime.cgroups
+        import agent.runtime.runtime
         import agent.runtime.selinux  # noqa: F401
     sock = socket.socket(fileno=fd)
     runtimes: dict[str, Runtime] = {}
+    spare: list[Spare] = []
     while True:
+        if not spare:
+            spare.append(Spare())
         data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 64)
         if not data:
             return
         request = json.loads(data)
         _reap_shims()
         try:
-            reply = _answer(request, runtimes, tuple(fds))
+            reply = _answer(request, runtimes, tuple(fds), spare)
         finally:
             for fd in fds:  # the shim has its own copies now
                 os.close(fd)
@@ -139,9 +192,13 @@ def serve(fd: int) -> None:
 
 
 def _answer(
-    request: dict[str, Any], runtimes: dict[str, Runtime], fds: tuple[int, ...]
+    request: dict[str, Any],
+    runtimes: dict[str, Runtime],
+    fds: tuple[int, ...],
+    spare: list[Spare],
 ) -> dict[str, Any]:
-    """One request -> one reply; errors become replies the client raises again."""
+    """One request -> one reply; errors become replies the client raises again. A create
+    takes the spare shim from ``spare`` when there is one."""
     from agent.runtime.runtime import Runtime
 
     try:
@@ -149,7 +206,11 @@ def _answer(
             result: Any = {"pid": os.getpid()}
         elif request["op"] == "create":
             rt = runtimes.setdefault(request["root"], Runtime(request["root"], double_fork=False))
-            result = rt.create(request["id"], request["bundle"], preserve_fds=fds)
+            if spare:
+                spare.pop().create(request, fds)
+                result = rt.state(request["id"])
+            else:
+                result = rt.create(request["id"], request["bundle"], preserve_fds=fds)
         else:
             raise RuntimeFailure("zygote", f"unknown op {request.get('op')!r}")
         reply: dict[str, Any] = {"result": result}
