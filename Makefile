@@ -50,7 +50,7 @@ test-fast: test
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy agent
+	DEBUG=1 $(VENV)/bin/mypy agent
 
 screenshots: PYTEST_ARGS += tests/browser -m browser
 screenshots: test

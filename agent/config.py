@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agent.protocol.names import HEARTBEAT_QUEUE
+
 DEFAULT_CONFIG = Path(os.environ.get("CORRAL_AGENT_CONFIG", "/etc/corral/agent.json"))
 DEFAULT_STATE_DIR = Path("/var/lib/corral-agent")
 
@@ -25,6 +27,10 @@ class AgentConfig:
     controlplane_public_key: str
     state_dir: str = str(DEFAULT_STATE_DIR)
     heartbeat_interval: float = 10.0
+    # Heartbeats go to the control plane's batch consumer (``manage.py ingest_heartbeats``);
+    # "controlplane" sends them through the Celery worker instead, one task per beat (a
+    # small fleet without the consumer; ~25 beats/s per worker).
+    heartbeat_queue: str = HEARTBEAT_QUEUE
     inventory_interval: float = 300.0
     concurrency: int = 4
     broker_transport_options: dict[str, Any] = field(default_factory=dict)

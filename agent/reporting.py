@@ -29,13 +29,13 @@ class Reporter:
         host_id: str,
         journal: Journal,
         *,
-        heartbeat_queue: str = names.CONTROLPLANE_QUEUE,
+        heartbeat_queue: str = names.HEARTBEAT_QUEUE,
     ) -> None:
         self.app = app
         self.key = key
         self.host_id = host_id
         self.journal = journal
-        # names.HEARTBEAT_QUEUE sends heartbeats to the control plane's batch consumer.
+        # The batch consumer's queue by default; names.CONTROLPLANE_QUEUE is the Celery path.
         self.heartbeat_queue = heartbeat_queue
         self._wake = threading.Event()
         self._stop = threading.Event()

@@ -71,7 +71,13 @@ class Agent:
         self.cp_key = envelope.public_key_from_text(config.controlplane_public_key)
         self.journal = Journal(state / "journal.sqlite3")
         self.app = make_app(config)
-        self.reporter = Reporter(self.app, self.key, config.host_id, self.journal)
+        self.reporter = Reporter(
+            self.app,
+            self.key,
+            config.host_id,
+            self.journal,
+            heartbeat_queue=config.heartbeat_queue,
+        )
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
         self._containers: Any = None

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """``make run``: Corral on one machine with embedded defaults (SQLite under var/, a broker that
 needs no server): migrate, make sure an admin exists, then run the web server (gunicorn), the
-control-plane worker and beat, and - as root - a local agent enrolled as the first host.
+control-plane worker and beat, the heartbeat consumer, and - as root - a local agent enrolled
+as the first host.
 Ctrl-C stops everything."""
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def main() -> int:
         ]
     )
     start([*celery, "worker", "-Q", "controlplane", "-c", "2", "-l", "INFO"])
+    start([sys.executable, "manage.py", "ingest_heartbeats"])  # the agents' heartbeats
     start([*celery, "beat", "-l", "INFO"])
     agent = local_agent_argv()
     if agent is not None:

@@ -166,12 +166,21 @@ def _literal(allowed: tuple[Any, ...]) -> Loader:
     choices = ", ".join(repr(a) for a in allowed)
 
     def load(value: Any, path: str) -> Any:
-        # ``in`` alone would let True pass for 1 and 1.0 for 1: compare types too.
-        if not any(value == a and type(value) is type(a) for a in allowed):
-            raise ProtocolError(path, f"must be one of {choices}, got {value!r}")
-        return value
+        # ``==`` alone would let True pass for 1 and 1.0 for 1; a str subclass (a Django
+        # TextChoices member) is its string. The literal itself is returned.
+        for a in allowed:
+            if value == a and _kind(value) == _kind(a):
+                return a
+        raise ProtocolError(path, f"must be one of {choices}, got {value!r}")
 
     return load
+
+
+def _kind(value: Any) -> type:
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind
+    return type(value)
 
 
 def _sequence(item: Loader, *, as_tuple: bool) -> Loader:

@@ -115,6 +115,7 @@ def test_readme_hand_install_enrolls_a_host_that_comes_online(tmp_path: Path, br
     with (
         running("web", unit_argv("corral-web.service"), env=env, cwd=cwd, log_dir=tmp_path) as web,
         running("worker", unit_argv("corral-worker.service"), env=env, cwd=cwd, log_dir=tmp_path),
+        running("ingest", unit_argv("corral-ingest.service"), env=env, cwd=cwd, log_dir=tmp_path),
     ):
         wait_port("127.0.0.1", web_port, timeout=60)
         done = subprocess.run(

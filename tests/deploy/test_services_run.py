@@ -177,6 +177,7 @@ def queued(broker: str) -> int:
     [
         ("corral-worker.service", f"controlplane@{HOSTNAME} ready."),
         ("corral-beat.service", "beat: Starting..."),
+        ("corral-ingest.service", "ingesting heartbeats from controlplane.heartbeats"),
     ],
 )
 def test_celery_units_start_and_stop_cleanly_on_sigterm(

@@ -111,7 +111,12 @@ def test_web_worker_and_beat_work_under_the_hardening(
             CELERY_BROKER_URL=broker,
             CORRAL_AGENT_BROKER_URL=broker,
         )
-        for name in ("corral-web.service", "corral-worker.service", "corral-beat.service")
+        for name in (
+            "corral-web.service",
+            "corral-worker.service",
+            "corral-beat.service",
+            "corral-ingest.service",
+        )
     }
     # One set of secrets for the three, as one env file would give.
     shared = envs["corral-web.service"]
@@ -128,6 +133,7 @@ def test_web_worker_and_beat_work_under_the_hardening(
         start("corral-web.service") as web,
         start("corral-worker.service") as worker,
         start("corral-beat.service") as beat,
+        start("corral-ingest.service") as ingest,
     ):
         wait_port("127.0.0.1", web_port, timeout=60)
         conn = http.client.HTTPConnection("127.0.0.1", web_port, timeout=20)
@@ -152,14 +158,20 @@ def test_web_worker_and_beat_work_under_the_hardening(
             )
 
         wait_for(sweep_succeeded, 90, "the worker to run beat's liveness sweep")
+        wait_for(
+            lambda: "ingesting heartbeats from" in ingest.log() or not ingest.alive(),
+            60,
+            "the heartbeat consumer to start",
+        )
         for proc, name in (
+            (ingest, "corral-ingest.service"),
             (beat, "corral-beat.service"),
             (worker, "corral-worker.service"),
             (web, "corral-web.service"),
         ):
             assert proc.alive(), proc.log()[-3000:]
             stop_like_systemd(proc, name)
-    for proc in (web, worker, beat):
+    for proc in (web, worker, beat, ingest):
         assert "Read-only file system" not in proc.log(), proc.log()[-3000:]
         assert "Permission denied" not in proc.log(), proc.log()[-3000:]
 

@@ -22,7 +22,12 @@ from tests.deploy.harness import (
 from tests.support.procs import REPO
 
 UNITS = DEPLOY / "systemd"
-CONTROL_PLANE = ["corral-web.service", "corral-worker.service", "corral-beat.service"]
+CONTROL_PLANE = [
+    "corral-web.service",
+    "corral-worker.service",
+    "corral-beat.service",
+    "corral-ingest.service",
+]
 ALL_UNITS = [*CONTROL_PLANE, "corral-agent.service"]
 VENV = REPO / ".venv"
 
@@ -112,6 +117,18 @@ def test_worker_unit_consumes_the_controlplane_queue() -> None:
     argv = shlex.split(unit_value(UNITS / "corral-worker.service", "Service", "ExecStart"))
     assert argv[1:5] == ["-A", "config", "worker", "-Q"]
     assert argv[5] == settings.CELERY_TASK_DEFAULT_QUEUE == "controlplane"
+
+
+def test_ingest_unit_consumes_the_queue_agents_send_heartbeats_to() -> None:
+    from agent.config import AgentConfig
+    from hosts.management.commands.ingest_heartbeats import Command
+
+    argv = shlex.split(unit_value(UNITS / "corral-ingest.service", "Service", "ExecStart"))
+    assert argv[1:] == ["/opt/corral/manage.py", "ingest_heartbeats"]
+    parser = Command().create_parser("manage.py", "ingest_heartbeats")
+    default_queue = parser.parse_args([]).queue
+    fields = AgentConfig.__dataclass_fields__
+    assert default_queue == fields["heartbeat_queue"].default == "controlplane.heartbeats"
 
 
 def test_beat_unit_runs_beat_and_nothing_else() -> None:

@@ -418,8 +418,8 @@ def test_agent_reporter_sends_heartbeats_to_the_consumer_and_other_reports_to_th
         key,
         str(host.pk),
         Journal(tmp_path / "journal.db"),
-        heartbeat_queue=HEARTBEAT_QUEUE,
-    )
+    )  # the default queue: agents send beats to the consumer
+    assert reporter.heartbeat_queue == HEARTBEAT_QUEUE
     beater = Heartbeater(
         reporter, 1.0, lambda seq: Heartbeat(seq=seq, sent_at=time.time(), agent_version="2.0")
     )
@@ -526,3 +526,34 @@ def test_kombu_path_on_a_broker_without_batch_get(
     assert Host.objects.get(pk=a.pk).status == "online"
     assert Host.objects.get(pk=b.pk).last_seq == 2
     assert list(folder.iterdir()) == []  # every message acked (consumed) from the folder
+
+
+def test_the_consumer_runs_the_liveness_sweep_also_when_no_beat_arrives(
+    redis_url: str, agent_app: Celery
+) -> None:
+    """Where heartbeats are read is where a missing one is noticed: the consumer sweeps on its
+    own, so a host goes unknown/offline without a beat process (or any beat) in the picture."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from hosts.management.commands.ingest_heartbeats import HeartbeatConsumer
+
+    long_ago = timezone.now() - timedelta(hours=1)
+    ControlPlaneState.objects.update_or_create(
+        pk=1, defaults={"resumed_at": long_ago, "last_ingest_at": timezone.now()}
+    )
+    silent, _ = enrolled_host("silent")
+    quiet, _ = enrolled_host("quiet")
+    Host.objects.filter(pk=silent.pk).update(last_heartbeat_at=long_ago)
+    Host.objects.filter(pk=quiet.pk).update(
+        last_heartbeat_at=timezone.now() - timedelta(seconds=50)  # past unknown (40 s) only
+    )
+    consumer = HeartbeatConsumer(
+        redis_url, ingestor=HeartbeatIngestor(), max_wait=0.05, idle_exit=0.3
+    )
+    consumer.run()
+    assert Host.objects.get(pk=silent.pk).status == "offline"
+    assert Host.objects.get(pk=quiet.pk).status == "unknown"
+    reasons = set(HostStatusChange.objects.values_list("reason", flat=True))
+    assert {"no heartbeat", "missed heartbeats"} <= reasons

@@ -128,8 +128,22 @@ class Stack:
             log_dir=self.work,
         )
         self.procs.append(proc)
+        if not any(p.name.startswith("ingest") for p in self.procs):
+            self.start_ingest()
         wait_for(lambda: "ready" in proc.log() or not proc.alive(), 30, f"{name} ready")
         assert proc.alive(), proc.log()
+        return proc
+
+    def start_ingest(self, name: str = "ingest") -> Proc:
+        """The heartbeat consumer (agents send their beats to its queue), as deployed beside
+        the worker; it polls an empty queue every 50 ms."""
+        proc = Proc(
+            name,
+            [PYTHON, "manage.py", "ingest_heartbeats", "--max-wait-ms", "50"],
+            env=self.env,
+            log_dir=self.work,
+        )
+        self.procs.append(proc)
         return proc
 
     def new_host(self, index: int) -> netns.NetnsHost:

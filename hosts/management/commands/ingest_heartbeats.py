@@ -3,8 +3,8 @@
 Drains the ``controlplane.heartbeats`` queue in batches (verify every beat, one bulk write per
 batch, ack after commit; hosts/ingest.py does the batch). On a Redis broker a batch is taken
 and acked in one round trip each; other brokers (the filesystem transport of ``make run``) go
-through a plain kombu consumer. Run one or two next to the control-plane worker; liveness
-sweeps stay in the worker/beat. SIGTERM finishes the current batch and exits.
+through a plain kombu consumer. Run one or two next to the control-plane worker. Like every
+worker, it also runs the liveness sweep. SIGTERM finishes the current batch and exits.
 """
 
 from __future__ import annotations
@@ -174,6 +174,7 @@ class HeartbeatConsumer:
         self.totals = BatchResult()
         self._pending: list[tuple[Any, Any]] = []  # (kombu message, envelope data)
         self._last_note = 0.0
+        self._last_sweep = 0.0
         self._db_backoff = 1.0
 
     def install_signal_handlers(self) -> None:
@@ -248,6 +249,7 @@ class HeartbeatConsumer:
             elif self.idle_exit is not None and time.monotonic() - idle_since > self.idle_exit:
                 logger.info("no heartbeat for %.1f s: exiting", self.idle_exit)
                 self.stopping = True
+            self._housekeeping()
         if self._pending:
             self._flush()
 
@@ -320,10 +322,12 @@ class HeartbeatConsumer:
                 if self.idle_exit is not None and time.monotonic() - idle_since > self.idle_exit:
                     logger.info("no heartbeat for %.1f s: exiting", self.idle_exit)
                     break
+                self._housekeeping()
                 time.sleep(self.max_wait)
                 continue
             idle_since = time.monotonic()
             self._apply_deliveries(source, deliveries)
+            self._housekeeping()
 
     def _apply_deliveries(self, source: RedisBatchSource, deliveries: list[_Delivery]) -> None:
         good: list[_Delivery] = []
@@ -349,6 +353,21 @@ class HeartbeatConsumer:
         if time.monotonic() - self._last_note >= 1.0:
             services.control_plane_resumed_at(timezone.now())
             self._last_note = time.monotonic()
+
+    def _housekeeping(self) -> None:
+        """The liveness sweep (online -> unknown -> offline), at most every
+        LIVENESS_CHECK_EVERY seconds, here as in every worker and in beat: where heartbeats
+        are read is where a missing one is noticed first, and offline detection never hangs
+        on one beat process. A failed sweep is logged; the next one runs on time."""
+        mono = time.monotonic()
+        if mono - self._last_sweep < float(settings.CORRAL["LIVENESS_CHECK_EVERY"]):
+            return
+        self._last_sweep = mono
+        try:
+            services.hosts_liveness_sweep()
+        except Exception as exc:
+            logger.error("liveness sweep failed (%s: %s)", type(exc).__name__, exc)
+            connection.close()
 
     def _add(self, result: BatchResult) -> None:
         t = self.totals

@@ -97,6 +97,16 @@ def test_errors_name_the_field(data: object, path: str, message: str | None) -> 
         assert got_message == message
 
 
+def test_a_str_subclass_is_its_string_for_a_literal() -> None:
+    import enum
+
+    class Level(str, enum.Enum):  # noqa: UP042 - as Django's TextChoices members are
+        HIGH = "high"
+
+    loaded = Inner.from_dict({"level": Level.HIGH})
+    assert loaded.level == "high" and type(loaded.level) is str
+
+
 def test_validate_hooks_of_nested_messages_get_the_full_path() -> None:
     spec = {
         "id": "c1",
