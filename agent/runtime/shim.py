@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import select
@@ -425,6 +426,7 @@ def run_shim(
     ``preserve_fds`` become fds 3.. of the container process (OCI ``--preserve-fds``).
     ``spare``: this process detached ahead of time (zygote) and, as nobody waits to undo it,
     removes the container's directory itself when the create fails."""
+    gc.enable()  # a long-lived monitor; a short-lived caller (the CLI) may have turned it off
     shim = Shim(linux, store, container_id, config)
     shim.extra_fds = tuple(preserve_fds)
     try:

@@ -1,0 +1,80 @@
+"""The CLI's command line: the hand parser (the fast path) agrees with argparse on every shape
+it accepts, leaves everything else to argparse, and the CLI imports little at start-up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.runtime.cli import build_parser, parse_fast
+
+REPO = Path(__file__).resolve().parents[3]
+
+ACCEPTED = [
+    ["create", "c1", "--bundle", "/b"],
+    ["create", "c1", "--bundle=/b", "--pid-file", "/p"],
+    ["--root", "/r", "run", "c1", "-b", "/b", "-d"],
+    ["--root=/r", "--debug", "delete", "-f", "c1"],
+    ["delete", "c1", "--force"],
+    ["kill", "c1"],
+    ["kill", "c1", "KILL"],
+    ["list"],
+    ["state", "c1"],
+    ["--log", "/l", "--log-format", "json", "start", "c1"],
+    ["run", "--pid-file=/p", "c1", "--console-socket", "/s"],
+    ["--systemd-cgroup", "ps", "c1"],
+]
+
+
+@pytest.mark.parametrize("argv", ACCEPTED, ids=" ".join)
+def test_fast_parser_gives_what_argparse_gives(argv: list[str]) -> None:
+    fast = parse_fast(argv)
+    assert fast is not None
+    assert vars(fast) == vars(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["create"],  # missing id: argparse says so
+        ["create", "a", "b"],
+        ["exec", "c1", "--", "ls"],
+        ["--log-format", "xml", "list"],
+        ["delete", "-x", "c1"],
+        ["--debug=1", "list"],
+        ["create", "c1", "--bundle"],
+        ["bogus"],
+        [],
+    ],
+    ids=lambda argv: " ".join(argv) or "(empty)",
+)
+def test_anything_unusual_is_left_to_argparse(argv: list[str]) -> None:
+    assert parse_fast(argv) is None
+
+
+def test_a_bad_command_line_is_one_argparse_error() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.runtime", "create"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "the following arguments are required: id" in done.stderr
+
+
+def test_cli_start_up_imports_neither_argparse_nor_typing() -> None:
+    code = "import sys, agent.runtime.cli; print(sorted(sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(REPO)!r}); {code}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded = set(eval(done.stdout))  # noqa: S307 - our own subprocess printed a list
+    assert not {"argparse", "typing", "dataclasses", "json"} & loaded
