@@ -13,6 +13,7 @@ import contextlib
 import gc
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -165,9 +166,15 @@ def _spare_main(sock: socket.socket) -> NoReturn:
     rt.create_in_spare(request["id"], request["bundle"], sock.fileno(), tuple(fds))
 
 
+# How long the helper must have been idle before it forks the next spare shim: not at once
+# after a create, when the fork would compete for the CPU with the agent starting that
+# container.
+SPARE_AFTER_IDLE = 0.01
+
+
 def serve(fd: int) -> None:
     """Helper side: answer requests until the agent closes its end. A spare shim is forked
-    while we wait, so a create finds one ready."""
+    once we have been idle for a moment, so a create finds one ready."""
     with contextlib.suppress(ImportError):  # warm what every create needs, once
         import agent.runtime.cgroups
         import agent.runtime.runtime
@@ -176,7 +183,7 @@ def serve(fd: int) -> None:
     runtimes: dict[str, Runtime] = {}
     spare: list[Spare] = []
     while True:
-        if not spare:
+        if not spare and not select.select([sock], [], [], SPARE_AFTER_IDLE)[0]:
             spare.append(Spare())
         data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 64)
         if not data:
