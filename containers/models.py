@@ -10,6 +10,7 @@ from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
 from agent.protocol.containers import MIN_MEMORY_BYTES
+from containers import validators
 from containers.choices import (
     ContainerMode,
     DesiredState,
@@ -148,6 +149,16 @@ class Container(models.Model):
         max_length=8, choices=NetworkMode.choices, default=NetworkMode.NONE
     )
     ports = models.JSONField(default=list, blank=True)
+    # Socket activation: the agent binds these on the host and starts the container on the
+    # first connection, handing them over as LISTEN_FDS (fds 3..) in this order.
+    sockets = models.JSONField(default=list, blank=True)
+    idle_stop_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Stop a socket-activated container after this many seconds without a "
+        "connection; it is armed again.",
+    )
     labels = models.JSONField(default=dict, blank=True)
     placement = models.JSONField(default=dict, blank=True, help_text="Host label constraints")
     desired_state = models.CharField(
@@ -201,6 +212,12 @@ class Container(models.Model):
             errors["cpu_weight"] = "Must be between 1 and 10000."
         if self.restart_max_retries and self.restart_policy != RestartPolicy.ON_FAILURE:
             errors["restart_max_retries"] = "Only applies to the on-failure policy."
+        try:
+            self.sockets = validators.socket_list(self.sockets)
+        except ValidationError as exc:
+            errors["sockets"] = exc.messages[0]
+        if self.idle_stop_seconds is not None and not self.sockets:
+            errors["idle_stop_seconds"] = "Only applies to a socket-activated container."
         if errors:
             raise ValidationError(errors)
 

@@ -42,7 +42,10 @@ class PortInUse(CorralError):
 
 
 def _same_binding(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Same host port and protocol on the same address (0.0.0.0 is every address)."""
+    """Same unix socket path, or same host port and protocol on the same address (0.0.0.0 is
+    every address)."""
+    if "path" in a or "path" in b:
+        return a.get("path") == b.get("path")
     if int(a["host_port"]) != int(b["host_port"]) or a.get("protocol", "tcp") != b.get(
         "protocol", "tcp"
     ):
@@ -52,29 +55,50 @@ def _same_binding(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return wildcard in (ip_a, ip_b) or ip_a == ip_b
 
 
+def _host_bindings(ports: list[Any], sockets: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+    """What a container takes on its host, each with its field: published ports and the
+    sockets its agent binds for socket activation."""
+    out = [(f"ports[{i}].host_port", dict(p)) for i, p in enumerate(ports)]
+    for i, s in enumerate(sockets):
+        if s.get("protocol") == "unix":
+            out.append((f"sockets[{i}].path", {"path": s["path"]}))
+        else:
+            binding = {"host_ip": s["host_ip"], "host_port": s["port"], "protocol": s["protocol"]}
+            out.append((f"sockets[{i}].port", binding))
+    return out
+
+
+def _where(binding: dict[str, Any]) -> str:
+    if "path" in binding:
+        return str(binding["path"])
+    host_ip = binding.get("host_ip", "0.0.0.0")  # noqa: S104 - shown, not bound
+    return f"{host_ip}:{binding['host_port']}/{binding.get('protocol', 'tcp')}"
+
+
 def ports_conflict_check(container: Container) -> None:
-    """Refuse (409) a published host port that another live container on the same host, or
-    an earlier entry of this one, already holds; names the field and the holder."""
-    if not container.ports or container.host_id is None:
+    """Refuse (409) a published host port or an activation socket that another live
+    container on the same host, or an earlier entry of this one, already holds; names the
+    field and the holder."""
+    mine = _host_bindings(container.ports, container.sockets)
+    if not mine or container.host_id is None:
         return
     others = (
         Container.objects.filter(host_id=container.host_id, removed_at__isnull=True)
         .exclude(pk=container.pk)
-        .only("id", "name", "ports")
+        .only("id", "name", "ports", "sockets")
     )
     host_name = container.host.name if container.host is not None else "?"
-    for i, mine in enumerate(container.ports):
-        field = f"ports[{i}].host_port"
-        where = (
-            f"{mine.get('host_ip', '0.0.0.0')}:{mine['host_port']}/{mine.get('protocol', 'tcp')}"  # noqa: S104
-        )
-        for j, earlier in enumerate(container.ports[:i]):
-            if _same_binding(mine, earlier):
-                raise PortInUse(f"{where} is already published by ports[{j}].", field=field)
+    for i, (field, binding) in enumerate(mine):
+        where = _where(binding)
+        for earlier_field, earlier in mine[:i]:
+            if _same_binding(binding, earlier):
+                raise PortInUse(f"{where} is already taken by {earlier_field}.", field=field)
         for other in others:
-            if any(_same_binding(mine, theirs) for theirs in other.ports):
+            if any(
+                _same_binding(binding, b) for _, b in _host_bindings(other.ports, other.sockets)
+            ):
                 raise PortInUse(
-                    f"{where} is already published on host {host_name} by container "
+                    f"{where} is already taken on host {host_name} by container "
                     f"{other.name} ({other.pk}).",
                     field=field,
                     holder=str(other.pk),
@@ -163,7 +187,9 @@ def container_spec(container: Container) -> ContainerSpec:
         data["user"] = container.user
     if container.mode == ContainerMode.IMAGE and container.image is not None:
         _apply_image_defaults(data, container.image)
-    data.update(_activation_from_labels(dict(container.labels)))
+    if container.sockets:
+        data["sockets"] = list(container.sockets)
+        data["idle_stop_seconds"] = container.idle_stop_seconds
     if container.mode == ContainerMode.IMAGE:
         image: dict[str, Any] = {"reference": container.image_reference}
         if container.image and container.image.digest:
@@ -187,40 +213,6 @@ def _apply_image_defaults(data: dict[str, Any], image: Image) -> None:
         data["working_dir"] = defaults["working_dir"]
     if "user" not in data and defaults["user"]:
         data["user"] = defaults["user"]
-
-
-SOCKET_LABEL = "corral.socket."  # corral.socket.<name> = tcp://<ip>:<port> | unix:///path
-IDLE_STOP_LABEL = "corral.idle-stop-seconds"
-
-
-def _activation_from_labels(labels: dict[str, str]) -> dict[str, Any]:
-    """Socket activation, until the Container model has fields for it: sockets named by
-    ``corral.socket.<name>`` labels, idle stop by ``corral.idle-stop-seconds``."""
-    sockets: list[dict[str, Any]] = []
-    for key, value in sorted(labels.items()):
-        if not key.startswith(SOCKET_LABEL):
-            continue
-        name = key[len(SOCKET_LABEL) :]
-        scheme, sep, rest = value.partition("://")
-        if not sep or scheme not in ("tcp", "udp", "unix"):
-            raise CorralError(f"{value!r}: use tcp://ip:port, udp://ip:port or unix:///path.",
-                              field=f"labels.{key}")  # fmt: skip
-        if scheme == "unix":
-            sockets.append({"name": name, "protocol": "unix", "path": rest})
-            continue
-        host_ip, _, port = rest.rpartition(":")
-        if not port.isdigit() or not host_ip:
-            raise CorralError(f"{value!r}: needs an address and a port.", field=f"labels.{key}")
-        sockets.append({"name": name, "protocol": scheme, "host_ip": host_ip, "port": int(port)})
-    out: dict[str, Any] = {"sockets": sockets} if sockets else {}
-    idle = labels.get(IDLE_STOP_LABEL)
-    if idle is not None:
-        if not idle.isdigit():
-            raise CorralError(
-                "must be a whole number of seconds.", field=f"labels.{IDLE_STOP_LABEL}"
-            )
-        out["idle_stop_seconds"] = int(idle)
-    return out
 
 
 def _pull_for(container: Container) -> PullImage | None:

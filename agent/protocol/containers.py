@@ -11,6 +11,8 @@ from agent.protocol.schema import Message
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A socket's name is its LISTEN_FDNAMES entry, joined with ':': a plain word.
+SOCKET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 MIN_MEMORY_BYTES = 6 * 1024 * 1024  # below this even /bin/true under a shell is OOM-killed
 
 ContainerMode = Literal["image", "host"]
@@ -96,6 +98,8 @@ class SocketSpec(Message):
     path: str | None = None
 
     def validate(self) -> None:
+        if not SOCKET_NAME_RE.match(self.name):
+            raise ProtocolError("name", "letters, digits, '_', '.', '-'; up to 63")
         if self.protocol == "unix":
             if not self.path or not self.path.startswith("/"):
                 raise ProtocolError("path", "a unix socket needs an absolute path")
@@ -184,8 +188,14 @@ class ContainerSpec(Message):
             r"[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?", self.user
         ):
             raise ProtocolError("user", "must be user[:group] (names or ids)")
+        names = [s.name for s in self.sockets]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ProtocolError(f"sockets[{i}].name", f"{name!r} is declared twice")
         if self.idle_stop_seconds is not None and not self.sockets:
             raise ProtocolError("idle_stop_seconds", "only applies to socket-activated containers")
+        if self.idle_stop_seconds is not None and self.idle_stop_seconds < 1:
+            raise ProtocolError("idle_stop_seconds", "must be at least 1")
         if not 0 <= self.stop_timeout <= 3600:
             raise ProtocolError("stop_timeout", "must be between 0 and 3600 seconds")
 

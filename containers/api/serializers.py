@@ -6,10 +6,13 @@ import re
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agent.protocol.containers import ENV_NAME_RE, PortMapping
 from agent.protocol.errors import ProtocolError
+from containers import validators
 from containers.choices import NetworkMode, Role
 from containers.models import Container, ContainerEvent, Image, Membership, Project
 from hosts.models import Host
@@ -69,6 +72,30 @@ class MembershipSerializer(serializers.ModelSerializer):
         fields = ["id", "username", "role"]
 
 
+# Documents the shape in the OpenAPI schema; the rules, with messages naming
+# ``sockets[i].<field>``, are in containers.validators (shared with the model's clean()).
+class SocketSerializer(serializers.Serializer):
+    """A socket of a socket-activated container: tcp or udp with host_ip and port, or unix
+    with an absolute path. Handed over as fds 3.. in the order given."""
+
+    name = serializers.CharField(help_text="Its LISTEN_FDNAMES entry: letters, digits, _ . -")
+    protocol = serializers.ChoiceField(choices=validators.SOCKET_PROTOCOLS, default="tcp")
+    host_ip = serializers.IPAddressField(
+        required=False, default="127.0.0.1", help_text="tcp/udp: the host address to bind"
+    )
+    port = serializers.IntegerField(
+        required=False, min_value=1, max_value=65535, help_text="tcp/udp: the host port"
+    )
+    path = serializers.CharField(required=False, help_text="unix: absolute path on the host")
+
+
+@extend_schema_field(SocketSerializer(many=True))
+class SocketListField(serializers.ListField):
+    """A list of sockets, validated as a whole (names must be unique)."""
+
+    child = serializers.DictField()
+
+
 class ContainerSerializer(serializers.ModelSerializer):
     project = serializers.SlugRelatedField(slug_field="slug", queryset=Project.objects.all())
     host = serializers.PrimaryKeyRelatedField(
@@ -94,6 +121,18 @@ class ContainerSerializer(serializers.ModelSerializer):
     placement = serializers.DictField(child=serializers.CharField(), required=False)
     network_mode = serializers.ChoiceField(choices=NetworkMode.choices, default="none")
     ports = serializers.ListField(child=serializers.DictField(), required=False)
+    sockets = SocketListField(
+        required=False,
+        help_text="Socket activation: the host's agent binds these and starts the container on "
+        "the first connection, passing them as fds 3.. (LISTEN_FDS, LISTEN_FDNAMES).",
+    )
+    idle_stop_seconds = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        help_text="Stop a socket-activated container after this many seconds without a "
+        "connection; the next connection starts it again.",
+    )
 
     class Meta:
         model = Container
@@ -117,6 +156,8 @@ class ContainerSerializer(serializers.ModelSerializer):
             "restart_policy",
             "network_mode",
             "ports",
+            "sockets",
+            "idle_stop_seconds",
             "labels",
             "placement",
             *OBSERVED_FIELDS,
@@ -147,11 +188,20 @@ class ContainerSerializer(serializers.ModelSerializer):
         for i, item in enumerate(value):
             try:
                 out.append(PortMapping.from_dict(item).to_dict())
+                validators.check_host_port(f"ports[{i}].host_port", item["host_port"])
             except ProtocolError as exc:
                 raise serializers.ValidationError(
                     f"ports[{i}].{exc.field}: {exc.message}"
                 ) from None
+            except DjangoValidationError as exc:
+                raise serializers.ValidationError(exc.messages) from None
         return out
+
+    def validate_sockets(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            return validators.socket_list(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from None
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         policy = attrs.pop("restart_policy", "no")

@@ -71,6 +71,7 @@ LIST_DEFERRED = (
     "args",
     "env",
     "ports",
+    "sockets",
     "placement",
     "host__inventory",
     "host__findings",

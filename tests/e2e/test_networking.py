@@ -165,6 +165,9 @@ def leftovers_in_netns(agent: Any, cid: str) -> list[str]:
         if cid in json.loads(ipam.read_text()).get("leases", {}):
             found.append(f"lease in {ipam.name}")
     found += [str(p) for p in (agent.state_dir / "network").rglob(f"*{cid}*")]
+    # The pinned network namespace (agents share the test's mount namespace: nsenter --net).
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    found += [f"mount: {line}" for line in mounts if cid in line]
     return found
 
 
@@ -174,7 +177,10 @@ def test_bridge_container_gets_an_address_reaches_its_gateway_and_is_reachable_f
     client = net_fleet["client"]
     a, b = net_fleet["agents"]
     gateway = a.network.network_subnet.rsplit(".", 1)[0] + ".1"
+    # The first run fails; the one its shim starts (restart policy) must still have the
+    # network: its namespace is pinned, not created with the process.
     script = (
+        "if [ ! -e /var/ran-once ]; then touch /var/ran-once; echo first-run; exit 3; fi; "
         f"busybox ping -c 1 -W 3 {gateway} >/dev/null && echo gateway-reachable; "
         "cat /etc/hosts; ip -o -4 addr show dev eth0; "
         f'exec python3 -c "$0" 8080 web'
@@ -185,15 +191,21 @@ def test_bridge_container_gets_an_address_reaches_its_gateway_and_is_reachable_f
         "web",
         network_mode="bridge",
         ports=[{"container_port": 8080, "host_port": 18080}],
+        restart_policy="on-failure",
         command=["/bin/sh", "-c", script, SERVER],
     )
     cid = created["id"]
+    wait_for(
+        lambda: client.get(f"/api/v1/containers/{cid}/").json()["restart_count"] >= 1,
+        30,
+        "restarted by its shim",
+    )
     body = observed(client, cid, ("running",))
     assert body["ip_address"] and body["ip_address"].startswith(gateway.rsplit(".", 1)[0] + ".")
     assert body["ip_address"] != gateway
     wait_for(lambda: "listening" in logs(client, cid), 20, "server up")
     out = logs(client, cid)
-    assert "gateway-reachable" in out, out
+    assert out.index("first-run") < out.index("gateway-reachable"), out
     assert f"{body['ip_address']}" in out and "web" in out, out  # /etc/hosts and eth0
 
     # The bridge lives inside agent A's namespace (its "host"), with the container's veth.
@@ -288,7 +300,8 @@ def test_socket_activated_container_starts_on_first_connection_and_idle_stops(
         "lazy",
         network_mode="none",
         command=["python3", "-c", SERVER, "0", "lazy"],
-        labels={"corral.socket.web": f"tcp://0.0.0.0:{port}", "corral.idle-stop-seconds": "2"},
+        sockets=[{"name": "web", "host_ip": "0.0.0.0", "port": port}],
+        idle_stop_seconds=2,
     )["id"]
     body = observed(client, cid, ("created",))
     assert body["detail"] == "waiting for connection", body

@@ -70,6 +70,25 @@ def test_removed_container_page_stops_polling(fleet: dict[str, Any]) -> None:
     assert "logs are gone" in body and "every 2s" not in body and 'data-action="start"' not in body
 
 
+@pytest.mark.django_db
+def test_container_page_shows_published_ports_and_activation_sockets(
+    fleet: dict[str, Any],
+) -> None:
+    c_a = fleet["c_a"]
+    Container.objects.filter(pk=c_a.pk).update(
+        ports=[{"container_port": 80, "host_port": 8080, "protocol": "tcp", "host_ip": "0.0.0.0"}],
+        sockets=[
+            {"name": "web", "protocol": "tcp", "host_ip": "127.0.0.1", "port": 18090},
+            {"name": "ctl", "protocol": "unix", "path": "/run/ctl.sock"},
+        ],
+        idle_stop_seconds=30,
+    )
+    body = client_for(fleet["op_a"]).get(f"/containers/{c_a.pk}/").content.decode()
+    assert "0.0.0.0:8080 → 80/tcp" in body
+    assert "web: tcp 127.0.0.1:18090" in body and "ctl: unix:/run/ctl.sock" in body
+    assert "stopped after 30 s without a connection" in body
+
+
 def test_sizes_and_percentages_read_well() -> None:
     assert bytes_h(None) == "—"
     assert bytes_h(512) == "512 B"
