@@ -38,6 +38,7 @@ class Reporter:
         # The batch consumer's queue by default; names.CONTROLPLANE_QUEUE is the Celery path.
         self.heartbeat_queue = heartbeat_queue
         self._wake = threading.Event()
+        self._flushing = threading.Lock()  # outbox items go out once each, in order
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -65,14 +66,25 @@ class Reporter:
             return False
 
     def report(self, kind: str, payload: Message, operation_id: str | None = None) -> None:
-        """Durable: journal first, then send from the outbox thread (sealed at send time so a
-        report that waited out an outage is not expired on arrival)."""
+        """Durable: journal first, then send (sealed at send time, so a report that waited out
+        an outage is not expired on arrival). Sent at once from the calling thread when no
+        flush is under way - a result reaches the control plane without a thread hand-off -
+        otherwise by the outbox thread, which also retries what could not be sent."""
         self.journal.outbox_put(kind, {"payload": payload.to_dict(), "operation_id": operation_id})
+        if self._flushing.acquire(blocking=False):
+            try:
+                if self._flush_unlocked() or self._thread is None:
+                    return
+            finally:
+                self._flushing.release()
         self._wake.set()
-        if self._thread is None:
-            self.flush()
 
     def flush(self) -> int:
+        """Send what the outbox holds, in order; one flush at a time."""
+        with self._flushing:
+            return self._flush_unlocked()
+
+    def _flush_unlocked(self) -> int:
         from agent.protocol.messages import payload_class
 
         sent = 0

@@ -222,7 +222,9 @@ def run(args: argparse.Namespace) -> None:
         samples = measure(client, [a.host_id for a in agents], podman, args.containers, profiler)
         report(samples, PYTHON)
         if profiler is not None:
-            pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
+            stats = pstats.Stats(profiler)
+            stats.sort_stats("cumulative").print_stats(r"corral|containers/|hosts/|config/", 40)
+            stats.sort_stats("tottime").print_stats(25)
         remove_all(client)
 
 

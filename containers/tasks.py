@@ -10,6 +10,7 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from agent.protocol import names
@@ -57,10 +58,13 @@ def operation_result(message: Any) -> None:
         return
     host, result = verified
     assert isinstance(result, OperationResult)
-    op = host_services.operation_result_apply(host, result)
-    if op is not None and result.status != "running":
-        services.container_apply_result(op)
-        image_apply_result(op)
+    # One transaction: the operation and what it changed (container, image) become visible
+    # together, with one commit (one WAL flush) instead of one per statement.
+    with transaction.atomic():
+        op = host_services.operation_result_apply(host, result)
+        if op is not None and result.status != "running":
+            services.container_apply_result(op)
+            image_apply_result(op)
 
 
 @shared_task(name=names.CP_CONTAINER_EVENT, ignore_result=True)

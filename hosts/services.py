@@ -311,7 +311,16 @@ def operation_create(
 
 def operation_transition(op_id: Any, to: str, **fields: Any) -> bool:
     """Compare-and-set an operation's status along OPERATION_TRANSITIONS."""
+    return operation_transition_fields(op_id, to, fields) is not None
+
+
+def operation_transition_fields(
+    op_id: Any, to: str, fields: dict[str, Any]
+) -> dict[str, Any] | None:
+    """As operation_transition; returns every field written (with the status and the time
+    stamp of the new state), or None when the operation was not in a state to move to ``to``."""
     allowed_from = [s for s, targets in OPERATION_TRANSITIONS.items() if to in targets]
+    fields = {**fields, "status": to}
     now = timezone.now()
     if to == OperationStatus.SENT:
         fields.setdefault("sent_at", now)
@@ -319,9 +328,8 @@ def operation_transition(op_id: Any, to: str, **fields: Any) -> bool:
         fields.setdefault("started_at", now)
     elif to not in OPERATION_ACTIVE:
         fields.setdefault("finished_at", now)
-    return bool(
-        Operation.objects.filter(pk=op_id, status__in=allowed_from).update(status=to, **fields)
-    )
+    updated = Operation.objects.filter(pk=op_id, status__in=allowed_from).update(**fields)
+    return fields if updated else None
 
 
 def operation_fail(op: Operation, *, code: str, error: str, step: str = "") -> bool:
@@ -359,26 +367,29 @@ def operation_result_apply(host: Host, result: OperationResult) -> Operation | N
         )
         return None
     if result.status == "running":
-        operation_transition(
-            op.pk, OperationStatus.RUNNING, step=result.step, **_progress(result.result)
-        )
+        to, fields = OperationStatus.RUNNING, {"step": result.step, **_progress(result.result)}
     elif result.status == "succeeded":
-        operation_transition(
-            op.pk, OperationStatus.SUCCEEDED, result=result.result, step=result.step
-        )
+        to, fields = OperationStatus.SUCCEEDED, {"result": result.result, "step": result.step}
     else:
-        if not operation_transition(
-            op.pk,
+        to, fields = (
             OperationStatus.FAILED,
-            error_code=result.error_code,
-            error=result.error,
-            step=result.step,
-            result=result.result,
-        ):
+            {
+                "error_code": result.error_code,
+                "error": result.error,
+                "step": result.step,
+                "result": result.result,
+            },
+        )
+    written = operation_transition_fields(op.pk, to, fields)
+    if written is not None:
+        for name, value in written.items():  # what the compare-and-set wrote: no read back
+            setattr(op, name, value)
+    else:
+        if to == OperationStatus.FAILED:
             operation_event(
                 op, f"agent refused: {result.error_code}: {result.error}", level="warning"
             )
-    op.refresh_from_db()
+        op.refresh_from_db()
     return op
 
 
