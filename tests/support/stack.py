@@ -20,6 +20,7 @@ import pytest
 from kombu import pools
 
 from tests.support import netns
+from tests.support.mounts import unmount_under
 from tests.support.procs import PYTHON, REPO, Proc, free_port, wait_for, wait_port
 
 
@@ -264,6 +265,7 @@ def stack(
     finally:
         st.close()
         point_celery_at(previous_broker)
+        unmount_under(work)  # network namespaces the agents pinned for containers left behind
         if os.environ.get("CORRAL_KEEP_LOGS"):
             print(f"stack logs kept in {work}")
         else:
