@@ -8,6 +8,7 @@ Follows runc's command shapes so tools that drive runc can drive this: ``create 
 from __future__ import annotations
 
 import gc
+import os
 import sys
 
 # Names for type checkers only: importing typing, collections.abc and argparse at run time
@@ -212,10 +213,10 @@ def _dispatch(rt: Runtime, args: Any) -> int:
     from agent.runtime.errors import RuntimeFailure
 
     cmd = args.command
-    if getattr(args, "console_socket", None):
-        raise RuntimeFailure("console-socket", "terminals are not supported by this runtime yet")
+    console = getattr(args, "console_socket", None)
+    console = os.path.abspath(console) if console else None  # the shim does not share our cwd
     if cmd == "create":
-        rt.create(args.id, args.bundle, pid_file=args.pid_file)
+        rt.create(args.id, args.bundle, pid_file=args.pid_file, console_socket=console)
     elif cmd == "start":
         rt.start(args.id)
     elif cmd == "state":
@@ -231,10 +232,10 @@ def _dispatch(rt: Runtime, args: Any) -> int:
         print(json.dumps(rt.ps(args.id)))
     elif cmd == "run":
         if args.detach:
-            rt.create(args.id, args.bundle, pid_file=args.pid_file)
+            rt.create(args.id, args.bundle, pid_file=args.pid_file, console_socket=console)
             rt.start(args.id)
             return 0
-        code = rt.run(args.id, args.bundle, echo=True)
+        code = rt.run(args.id, args.bundle, echo=True, console_socket=console)
         return code if code is not None else 1
     elif cmd == "exec":
         argv = args.args[1:] if args.args[:1] == ["--"] else args.args

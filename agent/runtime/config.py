@@ -247,8 +247,6 @@ def _process(raw: Any, has_userns: bool) -> Process:
     cwd = _str(obj.get("cwd", "/"), "process.cwd")
     if not cwd.startswith("/"):
         raise ConfigError("process.cwd", "must be an absolute path")
-    if _bool(obj.get("terminal", False), "process.terminal"):
-        raise ConfigError("process.terminal", "terminals are not supported by this runtime yet")
     user = _obj(obj.get("user", {}), "process.user")
     gids = _list(user.get("additionalGids", []), "process.user.additionalGids")
     caps_raw = _obj(obj.get("capabilities", {}), "process.capabilities")
@@ -288,6 +286,7 @@ def _process(raw: Any, has_userns: bool) -> Process:
         no_new_privileges=_bool(obj.get("noNewPrivileges", False), "process.noNewPrivileges"),
         rlimits=tuple(rlimits),
         selinux_label=_str(obj.get("selinuxLabel", ""), "process.selinuxLabel"),
+        terminal=_bool(obj.get("terminal", False), "process.terminal"),
     )
 
 

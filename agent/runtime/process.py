@@ -36,6 +36,7 @@ from agent.runtime.security import (
     install_seccomp,
     seccomp_available,
 )
+from agent.runtime.terminal import become_terminal_stdio, open_pty, send_console
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SYNC_TIMEOUT = 30.0
@@ -69,13 +70,20 @@ class Sync:
     def send(self, **message: Any) -> None:
         self.sock.send(json.dumps(message).encode())
 
+    def send_fd(self, fd: int, **message: Any) -> None:
+        """A message with one file descriptor (SCM_RIGHTS): the pty master, init to parent."""
+        socket.send_fds(self.sock, [json.dumps(message).encode()], [fd])
+
     def recv(self, timeout: float = SYNC_TIMEOUT) -> dict[str, Any]:
+        return self.recv_fds(timeout)[0]
+
+    def recv_fds(self, timeout: float = SYNC_TIMEOUT) -> tuple[dict[str, Any], list[int]]:
         self.sock.settimeout(timeout)
-        data = self.sock.recv(65536)
+        data, fds, _, _ = socket.recv_fds(self.sock, 65536, 1)
         if not data:
             raise RuntimeFailure("sync", "the other side exited before answering")
         result: dict[str, Any] = json.loads(data)
-        return result
+        return result, fds
 
     def close(self) -> None:
         self.sock.close()
@@ -94,6 +102,8 @@ class Launch:
     # OCI ``--preserve-fds``: these fds become 3, 4, ... of the container process (socket
     # activation passes its listening sockets this way).
     extra_fds: tuple[int, ...] = ()
+    # OCI ``--console-socket`` (with ``process.terminal``): where the pty master goes.
+    console_socket: str | None = None
 
 
 def spawn(linux: Linux, launch: Launch, cgroup: CgroupLike | None) -> int:
@@ -122,9 +132,12 @@ def spawn(linux: Linux, launch: Launch, cgroup: CgroupLike | None) -> int:
             _cgroup_apply(cgroup, init_pid if direct else stage1)
         sync.send(go=True)
         while True:
-            msg = sync.recv()
+            msg, fds = sync.recv_fds()
             if "error" in msg:
                 raise RuntimeFailure.from_dict(msg["error"])
+            if msg.get("console") and fds:
+                _send_console(launch, fds[0])
+                continue
             LAST_TIMINGS.extend((str(n), float(ms)) for n, ms in msg.get("timings", []))
             kind = next((k for k in ("idmap", "pid", "ready") if k in msg), "other")
             LAST_TIMINGS.append((f"spawn.{kind} at", round((time.perf_counter() - t0) * 1000, 3)))
@@ -151,6 +164,13 @@ def spawn(linux: Linux, launch: Launch, cgroup: CgroupLike | None) -> int:
         raise
     finally:
         sync.close()
+
+
+def _send_console(launch: Launch, master: int) -> None:
+    if launch.console_socket is None:
+        os.close(master)
+        raise RuntimeFailure("console-socket", "the container has a terminal but no console socket")
+    send_console(launch.console_socket, master)
 
 
 def _can_clone_directly(launch: Launch) -> bool:
@@ -267,7 +287,10 @@ def _init(linux: Linux, launch: Launch, sync: Sync) -> NoReturn:
             rootfs.finish()
         for rl in process.rlimits:
             _step(f"rlimits {rl.type}", lambda r=rl: linux.setrlimit(r.type, r.soft, r.hard))
-        _step("stdio", lambda: _dup_stdio(launch.stdio))
+        if process.terminal and not launch.join_only:
+            _step("terminal", lambda: _open_terminal(sync))
+        else:
+            _step("stdio", lambda: _dup_stdio(launch.stdio))
         _close_other_fds(sync.sock.fileno(), launch.exec_fifo_fd, *launch.extra_fds)
         env = dict(e.split("=", 1) for e in process.env)
         executable = find_executable(process.args[0], env.get("PATH", DEFAULT_PATH), process.cwd)
@@ -320,6 +343,17 @@ def _set_exec_label(label: str) -> None:
         set_exec_label(label, enabled=True)
     except Exception as exc:
         raise RuntimeFailure("selinux.exec_label", str(exc), getattr(exc, "errno", None)) from None
+
+
+def _open_terminal(sync: Sync) -> None:
+    """``process.terminal``: a pty from the container's devpts; the master goes to the parent
+    (which hands it to the console socket), the slave becomes our stdio and terminal."""
+    master, slave = open_pty()
+    try:
+        sync.send_fd(master, console=True)
+    finally:
+        os.close(master)
+    become_terminal_stdio(slave)
 
 
 def _dup_stdio(stdio: Stdio) -> None:

@@ -78,6 +78,15 @@ def read_shim_report(fd: int) -> int:
     return int(msg["pid"])
 
 
+def check_console(config: Config, console_socket: str | None) -> None:
+    """A terminal needs a console socket to hand its master to, and only a terminal uses one
+    (runc refuses both mismatches the same way)."""
+    if config.process.terminal and not console_socket:
+        raise RuntimeFailure("console-socket", "process.terminal needs --console-socket")
+    if console_socket and not config.process.terminal:
+        raise RuntimeFailure("console-socket", "--console-socket needs process.terminal: true")
+
+
 def report_failure(fd: int, exc: ConfigError | RuntimeFailure | OSError) -> NoReturn:
     """Write ``exc`` as :func:`read_shim_report` reads it, and exit (a spare shim's end)."""
     if isinstance(exc, ConfigError):
@@ -112,15 +121,19 @@ class Runtime:
         *,
         pid_file: str | None = None,
         preserve_fds: tuple[int, ...] = (),
+        console_socket: str | None = None,
     ) -> dict[str, Any]:
         """``preserve_fds`` (ours) become fds 3, 4, ... of the container process, as OCI
-        ``--preserve-fds`` does with the caller's 3..; the shim keeps them for restarts."""
+        ``--preserve-fds`` does with the caller's 3..; the shim keeps them for restarts.
+        ``console_socket`` (a unix socket path) receives the pty master when the config asks
+        for a terminal (``process.terminal``), which then requires it."""
         config = load_config(bundle)
+        check_console(config, console_socket)
         with contextlib.ExitStack() as undo:
             path = self.store.make_dir(container_id)
             undo.callback(self.store.remove, container_id)
             self._make_fifo(path / FIFO, config)
-            pid = self._launch_shim(container_id, config, tuple(preserve_fds))
+            pid = self._launch_shim(container_id, config, tuple(preserve_fds), console_socket)
             if pid_file:
                 write_atomic(Path(pid_file).resolve(), str(pid))
             undo.pop_all()
@@ -137,7 +150,11 @@ class Runtime:
             os.chown(path, uid, gid)
 
     def _launch_shim(
-        self, container_id: str, config: Config, preserve_fds: tuple[int, ...] = ()
+        self,
+        container_id: str,
+        config: Config,
+        preserve_fds: tuple[int, ...] = (),
+        console_socket: str | None = None,
     ) -> int:
         """Double fork: the shim is re-parented away from us and reports on a pipe."""
         read_fd, write_fd = os.pipe()
@@ -146,7 +163,15 @@ class Runtime:
             try:
                 os.close(read_fd)
                 if not self.double_fork or os.fork() == 0:
-                    run_shim(self.linux, self.store, container_id, config, write_fd, preserve_fds)
+                    run_shim(
+                        self.linux,
+                        self.store,
+                        container_id,
+                        config,
+                        write_fd,
+                        preserve_fds,
+                        console_socket=console_socket,
+                    )
             finally:
                 os._exit(0)
         os.close(write_fd)
@@ -165,6 +190,7 @@ class Runtime:
         container's shim. Failures are undone here and reported on ``result_fd``."""
         try:
             config = load_config(bundle)
+            check_console(config, None)
             self.store.make_dir(container_id)
         except (ConfigError, RuntimeFailure, OSError) as exc:
             report_failure(result_fd, exc)
@@ -339,10 +365,17 @@ class Runtime:
                 time.sleep(0.01)
 
     # --- run / exec ---------------------------------------------------------------------
-    def run(self, container_id: str, bundle: str | Path, *, echo: bool = False) -> int | None:
+    def run(
+        self,
+        container_id: str,
+        bundle: str | Path,
+        *,
+        echo: bool = False,
+        console_socket: str | None = None,
+    ) -> int | None:
         """create + start + wait + delete; the exit code. ``echo`` copies the container's
         output to our stdout/stderr (the CLI's foreground ``run``)."""
-        self.create(container_id, bundle)
+        self.create(container_id, bundle, console_socket=console_socket)
         try:
             self.start(container_id)
             code = self.wait(container_id)
@@ -383,6 +416,7 @@ class Runtime:
             args=tuple(args),
             env=tuple(env) if env is not None else config.process.env,
             cwd=cwd or config.process.cwd,
+            terminal=False,  # an exec'd process uses the caller's stdio
         )
         exec_config = dataclasses.replace(config, namespaces=joined, process=process)
         cgroup = cgroup_manager(config)

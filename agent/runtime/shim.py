@@ -163,6 +163,7 @@ class Shim:
         self.timings: list[tuple[str, float]] = []
         self.scope_due: float | None = None  # monotonic time to leave the caller's cgroup
         self.extra_fds: tuple[int, ...] = ()  # kept open for every (re)start of the process
+        self.console_socket: str | None = None  # process.terminal: where each pty master goes
 
     # --- process set-up -----------------------------------------------------------------
     def detach(self, keep: int, *more: int) -> None:
@@ -225,6 +226,7 @@ class Shim:
                 exec_fifo_fd=fifo_fd,
                 selinux=selinux_on(),
                 extra_fds=self.extra_fds,
+                console_socket=self.console_socket,
             )
             pid = spawn(self.linux, launch, self.cgroup)
         except BaseException:
@@ -421,14 +423,17 @@ def run_shim(
     preserve_fds: tuple[int, ...] = (),
     *,
     spare: bool = False,
+    console_socket: str | None = None,
 ) -> NoReturn:
     """Body of the shim process: create the container, report to the caller, then monitor.
     ``preserve_fds`` become fds 3.. of the container process (OCI ``--preserve-fds``).
     ``spare``: this process detached ahead of time (zygote) and, as nobody waits to undo it,
-    removes the container's directory itself when the create fails."""
+    removes the container's directory itself when the create fails. ``console_socket``
+    receives the pty master when the process has a terminal."""
     gc.enable()  # a long-lived monitor; a short-lived caller (the CLI) may have turned it off
     shim = Shim(linux, store, container_id, config)
     shim.extra_fds = tuple(preserve_fds)
+    shim.console_socket = console_socket
     try:
         if not spare:
             shim.detach(result_fd, *preserve_fds)

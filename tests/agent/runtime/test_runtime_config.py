@@ -45,7 +45,7 @@ def test_valid_config_parses_with_root_made_absolute() -> None:
         ("process.args", "true", "process.args"),
         ("process.cwd", "tmp", "process.cwd"),
         ("process.env", ["NOEQUALS"], "process.env[0]"),
-        ("process.terminal", True, "process.terminal"),
+        ("process.terminal", "yes", "process.terminal"),
         ("process.user", {"uid": -1}, "process.user.uid"),
         ("process.capabilities", {"bounding": ["CAP_FLY"]}, "process.capabilities.bounding"),
         ("process.capabilities", {"ambient": ["CAP_KILL"]}, "process.capabilities.ambient"),
@@ -116,3 +116,8 @@ def test_seccomp_argument_filters_are_refused_by_name() -> None:
 def test_restart_policy_parses(raw: str, name: str, retries: int) -> None:
     policy = parse_restart(raw)
     assert (policy.name, policy.max_retries) == (name, retries)
+
+
+def test_a_terminal_is_accepted_and_recorded() -> None:
+    assert parse_config(with_("process.terminal", True), bundle="/b").process.terminal is True
+    assert parse_config(BASE, bundle="/b").process.terminal is False
