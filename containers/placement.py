@@ -69,7 +69,9 @@ def place(project: Project, container: Container, *, pinned: Host | None = None)
             )
         return Decision(pinned, f"pinned to host {pinned.name}")
 
-    hosts = list(Host.objects.filter(Q(project_slug="") | Q(project_slug=project.slug)))
+    hosts = list(
+        Host.objects.filter(Q(project_slug="") | Q(project_slug=project.slug)).defer("inventory")
+    )
     if not hosts:
         raise PlacementFailed("No host in the fleet is available to this project.")
     rejected: dict[str, list[str]] = {}

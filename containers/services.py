@@ -10,7 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from agent.protocol import names
@@ -22,10 +22,12 @@ from containers.models import Container, ContainerEvent, Image, Project
 from containers.placement import place
 from hosts import dispatch
 from hosts.choices import OPERATION_ACTIVE, CertificationStatus
-from hosts.models import Host, Operation
+from hosts.models import HOST_LARGE_FIELDS, Host, Operation
 from hosts.services import operation_create, operation_event
 
 logger = logging.getLogger(__name__)
+
+HOST_BULK = tuple(f"host__{name}" for name in HOST_LARGE_FIELDS)  # with select_related("host")
 
 CPU_PERIOD_US = 100_000
 LIVE_STATES = (ObservedState.CREATED, ObservedState.RUNNING, ObservedState.PAUSED)
@@ -105,26 +107,42 @@ def ports_conflict_check(container: Container) -> None:
                 )
 
 
-def container_event(container: Container, kind: str, message: str = "", **data: Any) -> None:
-    ContainerEvent.objects.create(container=container, kind=kind, message=message[:512], data=data)
+def container_event(container: Container | Any, kind: str, message: str = "", **data: Any) -> None:
+    """Record an event of a container (given as an instance or by its id)."""
+    ContainerEvent.objects.create(
+        container_id=container.pk if isinstance(container, Container) else container,
+        kind=kind,
+        message=message[:512],
+        data=data,
+    )
 
 
 # --- quotas --------------------------------------------------------------------------------
 
 
-def project_usage(project: Project) -> dict[str, int]:
+def project_usage(project: Project, *, name: str | None = None) -> dict[str, int]:
+    """What the project's live containers hold, in one query; with ``name``, also how many
+    of them have that name (``name_taken``)."""
     live = project.containers.filter(removed_at__isnull=True)
-    agg = live.aggregate(memory=Sum("memory_limit"), cpu=Sum("cpu_millicores"))
-    return {
-        "containers": live.count(),
+    extra = {"named": Count("pk", filter=Q(name=name))} if name is not None else {}
+    agg = live.aggregate(
+        memory=Sum("memory_limit"), cpu=Sum("cpu_millicores"), count=Count("pk"), **extra
+    )
+    usage = {
+        "containers": int(agg["count"]),
         "memory_bytes": int(agg["memory"] or 0),
         "cpu_millicores": int(agg["cpu"] or 0),
     }
+    if name is not None:
+        usage["name_taken"] = int(agg["named"])
+    return usage
 
 
-def quota_check(project: Project, container: Container) -> None:
+def quota_check(
+    project: Project, container: Container, usage: dict[str, int] | None = None
+) -> None:
     """Raise QuotaExceeded naming the quota, its limit and the current use."""
-    usage = project_usage(project)
+    usage = usage or project_usage(project)
     checks = (
         ("max_containers", project.max_containers, usage["containers"], 1),
         (
@@ -256,11 +274,13 @@ def container_create(
     """Validate, check quotas, place, record, and send the create command after commit."""
     project = Project.objects.select_for_update().get(pk=project.pk)
     container = Container(project=project, created_by=user, **fields)
-    # Uniqueness of the name is checked below with a sentence of our own.
-    container.full_clean(exclude=["id", "host", "image"], validate_constraints=False)
-    if Container.objects.filter(
-        project=project, name=container.name, removed_at__isnull=True
-    ).exists():
+    # Uniqueness of the name is checked below with a sentence of our own; project and user
+    # are the objects just loaded, so their existence needs no query.
+    container.full_clean(
+        exclude=["id", "host", "image", "project", "created_by"], validate_constraints=False
+    )
+    usage = project_usage(project, name=container.name)
+    if usage["name_taken"]:
         raise CorralError(
             f"A container named {container.name!r} already exists in project {project.slug}.",
             field="name",
@@ -269,7 +289,7 @@ def container_create(
         raise CorralError(
             f"Project {project.slug} may not use the host network.", field="network_mode"
         )
-    quota_check(project, container)
+    quota_check(project, container, usage)
     if container.mode == ContainerMode.IMAGE:
         container.image = _image_for(project, container.image_reference)
     decision = place(project, container, pinned=host)
@@ -320,6 +340,7 @@ def container_action(
     locked = (
         Container.objects.select_for_update(of=("self",))
         .select_related("host", "project")
+        .defer(*HOST_BULK)
         .get(pk=container.pk)
     )
     if locked.removed_at is not None or locked.desired_state == DesiredState.REMOVED:
@@ -399,33 +420,31 @@ def _observed_fields(status: ContainerStatus, now: datetime) -> dict[str, Any]:
 
 
 def container_apply_result(op: Operation) -> None:
-    """Fold a finished container operation into the container's observed state."""
+    """Fold a finished container operation into the container's observed state (written by id:
+    the row is not read first)."""
     if op.target_type != "container" or not op.target_id:
         return
-    container = Container.objects.filter(pk=op.target_id).first()
-    if container is None:
-        return
-    now = timezone.now()
+    cid, now = op.target_id, timezone.now()
+    row = Container.objects.filter(pk=cid)
     if op.status == "succeeded":
         if op.kind == names.AGENT_CONTAINER_REMOVE:
-            Container.objects.filter(pk=container.pk).update(
-                observed_state=ObservedState.REMOVED, removed_at=now, observed_at=now
-            )
-            container_event(container, "removed", "removed from the host")
+            if row.update(observed_state=ObservedState.REMOVED, removed_at=now, observed_at=now):
+                container_event(cid, "removed", "removed from the host")
             return
         raw = op.result.get("status")
         if isinstance(raw, dict):
             status = ContainerStatus.from_dict(raw)
-            Container.objects.filter(pk=container.pk).update(**_observed_fields(status, now))
-            container_event(container, status.state, f"{op.kind.rsplit('.', 1)[-1]} succeeded")
+            if row.update(**_observed_fields(status, now)):
+                container_event(cid, status.state, f"{op.kind.rsplit('.', 1)[-1]} succeeded")
     elif op.status == "failed":
         if op.kind == names.AGENT_CONTAINER_CREATE:
-            Container.objects.filter(pk=container.pk).update(
+            row.update(
                 observed_state=ObservedState.FAILED,
                 observed_at=now,
                 detail=f"{op.error_code}: {op.error}"[:512],
             )
-        container_event(container, "error", f"{op.kind}: {op.error}", code=op.error_code)
+        if row.exists():
+            container_event(cid, "error", f"{op.kind}: {op.error}", code=op.error_code)
 
 
 _LAST_SEEN: dict[str, tuple[Any, ...]] = {}
@@ -492,6 +511,7 @@ def containers_reconcile(*, now: datetime | None = None) -> dict[str, int]:
         Container.objects.filter(removed_at__isnull=True, host__status="online")
         .exclude(pk__in=list(busy.values_list("target_id", flat=True)))
         .select_related("host", "project", "image")
+        .defer(*HOST_BULK)
     )
     for c in candidates.filter(desired_state=DesiredState.REMOVED):
         _resend(c, "remove", force=True)

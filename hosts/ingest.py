@@ -32,14 +32,12 @@ from agent.protocol.messages import Heartbeat
 from hosts import services
 from hosts.choices import HostStatus
 from hosts.keys import host_public_key
-from hosts.models import Host
+from hosts.models import HOST_LARGE_FIELDS, Host
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_QUEUE = names.HEARTBEAT_QUEUE
 BIGINT_MAX = 2**63 - 1
-# Columns a beat never needs to be verified or applied; inventory can be large.
-_DEFERRED = ("inventory", "findings")
 
 
 class ContainersHook(Protocol):
@@ -134,7 +132,7 @@ def _public_keys(ids: set[str]) -> dict[str, str]:
 
 
 def hosts_by_id(ids: Iterable[str]) -> dict[str, Host]:
-    return {str(h.pk): h for h in Host.objects.filter(pk__in=set(ids)).defer(*_DEFERRED)}
+    return {str(h.pk): h for h in Host.objects.filter(pk__in=set(ids)).defer(*HOST_LARGE_FIELDS)}
 
 
 def _verify_one(data: Any, keys: dict[str, str], now: float | None) -> Beat:

@@ -17,6 +17,11 @@ host_name_validator = RegexValidator(
 )
 
 
+# Host columns that can be large (a full inventory decodes in milliseconds): left out with
+# ``defer()`` wherever hosts are loaded in bulk, or beside other rows, and not read.
+HOST_LARGE_FIELDS = ("inventory", "findings")
+
+
 class Host(models.Model):
     """A machine running a Corral agent. ``status`` is liveness; ``maintenance`` is an operator's
     switch that keeps new containers off the host without touching liveness."""

@@ -99,7 +99,7 @@ class SocketListField(serializers.ListField):
 class ContainerSerializer(serializers.ModelSerializer):
     project = serializers.SlugRelatedField(slug_field="slug", queryset=Project.objects.all())
     host = serializers.PrimaryKeyRelatedField(
-        queryset=Host.objects.all(),
+        queryset=Host.objects.defer("inventory"),
         required=False,
         allow_null=True,
         help_text="Pin to this host; leave empty to let placement choose.",
