@@ -430,7 +430,11 @@ def run_shim(
     ``spare``: this process detached ahead of time (zygote) and, as nobody waits to undo it,
     removes the container's directory itself when the create fails. ``console_socket``
     receives the pty master when the process has a terminal."""
-    gc.enable()  # a long-lived monitor; a short-lived caller (the CLI) may have turned it off
+    # What we inherited from the caller stays shared copy-on-write: frozen, a collection never
+    # walks (and so copies) it. Collection is on for what the monitor itself allocates over
+    # its long life (a short-lived caller, the CLI, turns it off).
+    gc.freeze()
+    gc.enable()
     shim = Shim(linux, store, container_id, config)
     shim.extra_fds = tuple(preserve_fds)
     shim.console_socket = console_socket
