@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+# Names for type checkers only: importing typing costs milliseconds on every CLI start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ConfigError(ValueError):

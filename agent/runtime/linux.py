@@ -13,7 +13,11 @@ import ctypes
 import errno
 import os
 import resource
-from typing import Final
+
+# Names for type checkers only: importing typing costs milliseconds on every CLI start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 # Namespace clone flags (linux/sched.h).
 CLONE_NEWNS: Final = 0x00020000

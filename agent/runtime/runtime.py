@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import dataclasses
 import errno
 import json
 import os
@@ -17,19 +16,10 @@ import select
 import signal
 import time
 from pathlib import Path
-from typing import Any, NoReturn
 
-from agent.runtime.config import Config, Namespace, Process, load_config
 from agent.runtime.errors import ConfigError, ContainerNotFound, RuntimeFailure
 from agent.runtime.linux import LINUX, NAMESPACE_PROC_NAMES, Linux
-from agent.runtime.process import Launch, Stdio, spawn
-from agent.runtime.shim import (
-    cgroup_manager,
-    exit_code_of,
-    run_shim,
-    shim_cgroup,
-    shim_scope_may_exist,
-)
+from agent.runtime.scope import shim_cgroup, shim_scope_may_exist
 from agent.runtime.state import (
     DEFAULT_ROOT,
     FIFO,
@@ -41,6 +31,16 @@ from agent.runtime.state import (
     wait_pid_gone,
     write_atomic,
 )
+
+# The config, the start sequence and the shim (and with them dataclasses, sockets...) are
+# imported by the operations that start something: ``start``, ``state``, ``kill`` and
+# ``delete`` from the CLI load none of it. The block below is for type checkers only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+    from agent.runtime.config import Config
+    from agent.runtime.process import Stdio
 
 START_TIMEOUT = 10.0
 _POLL = 0.002  # seconds between state reads when no process exit can tell us more
@@ -127,6 +127,8 @@ class Runtime:
         ``--preserve-fds`` does with the caller's 3..; the shim keeps them for restarts.
         ``console_socket`` (a unix socket path) receives the pty master when the config asks
         for a terminal (``process.terminal``), which then requires it."""
+        from agent.runtime.config import load_config
+
         config = load_config(bundle)
         check_console(config, console_socket)
         with contextlib.ExitStack() as undo:
@@ -157,6 +159,8 @@ class Runtime:
         console_socket: str | None = None,
     ) -> int:
         """Double fork: the shim is re-parented away from us and reports on a pipe."""
+        from agent.runtime.shim import run_shim
+
         read_fd, write_fd = os.pipe()
         middle = os.fork()
         if middle == 0:
@@ -188,6 +192,9 @@ class Runtime:
         """``create`` run inside a spare shim (a process the zygote forked and detached before
         the request came): the same checks and steps, then this process becomes the
         container's shim. Failures are undone here and reported on ``result_fd``."""
+        from agent.runtime.config import load_config
+        from agent.runtime.shim import run_shim
+
         try:
             config = load_config(bundle)
             check_console(config, None)
@@ -402,6 +409,12 @@ class Runtime:
         stdio: Stdio | None = None,
     ) -> int:
         """Run another process in a running container's namespaces and cgroup; its exit code."""
+        import dataclasses
+
+        from agent.runtime.config import Namespace, Process, load_config
+        from agent.runtime.process import Launch, Stdio, spawn
+        from agent.runtime.shim import cgroup_manager, exit_code_of
+
         state = self.store.read(container_id)
         if live_status(state) != "running":
             raise RuntimeFailure("exec", f"container {container_id} is not running")

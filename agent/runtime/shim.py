@@ -26,25 +26,10 @@ from agent.runtime.config import Config
 from agent.runtime.errors import RuntimeFailure
 from agent.runtime.linux import CLONE_NEWNET, O_PATH, PR_SET_CHILD_SUBREAPER, Linux
 from agent.runtime.process import Launch, Stdio, spawn
+from agent.runtime.scope import SHIM_SLICE, shim_cgroup
 from agent.runtime.state import FIFO, LOG, StateStore, proc_start_time
 
 DEFAULT_LOG_MAX = 10 * 1024 * 1024
-SHIM_SLICE = "/corral.slice"  # shims live in <slice>/shim-<id>.scope, like conmon's scopes
-
-
-def shim_cgroup(container_id: str) -> str:
-    return f"{SHIM_SLICE}/shim-{container_id}.scope"
-
-
-def shim_scope_may_exist(container_id: str, root: str = "/sys/fs/cgroup") -> bool:
-    """Whether the shim's scope directory exists under any layout (v2 or systemd unified,
-    v1 controllers, the v1 ``name=systemd`` hierarchy): a cheap probe, so that ``delete``
-    loads a cgroup driver only when there is a scope to remove."""
-    scope = shim_cgroup(container_id)
-    layouts = ("", "/unified", "/systemd", "/memory", "/pids", "/cpu", "/cpu,cpuacct")
-    return any(os.path.isdir(f"{root}{layout}{scope}") for layout in layouts)
-
-
 _DRAIN_SECONDS = 0.2
 # How long a container must have run before its shim moves into its own scope. Moving a
 # process between v1 cgroups waits for an RCU grace period (~15 ms here): paid up front, it

@@ -13,11 +13,15 @@ import fcntl
 import json
 import os
 import select
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from agent.runtime.errors import ContainerNotFound, RuntimeFailure
+
+# Names for type checkers only: importing typing costs milliseconds on every CLI start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Any
 
 DEFAULT_ROOT = "/run/corral/runtime"
 OCI_VERSION = "1.0.2"

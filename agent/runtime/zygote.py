@@ -178,7 +178,8 @@ def serve(fd: int) -> None:
     with contextlib.suppress(ImportError):  # warm what every create needs, once
         import agent.runtime.cgroups
         import agent.runtime.runtime
-        import agent.runtime.selinux  # noqa: F401
+        import agent.runtime.selinux
+        import agent.runtime.shim  # noqa: F401
     sock = socket.socket(fileno=fd)
     runtimes: dict[str, Runtime] = {}
     spare: list[Spare] = []
