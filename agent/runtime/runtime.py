@@ -61,8 +61,9 @@ def parse_signal(value: str | int) -> int:
     raise RuntimeFailure("signal", f"unknown signal {value!r}")
 
 
-def read_shim_report(fd: int) -> int:
-    """The shim's one-line report: the container's pid, or the error it failed with."""
+def read_shim_report(fd: int) -> dict[str, Any]:
+    """The shim's one-line report (the container's ``pid`` and OCI ``state``), or the error
+    it failed with, raised."""
     # One line, not EOF: the container process holds a copy of the write end until exec.
     chunks = []
     while (chunk := os.read(fd, 65536)) and not chunk.endswith(b"\n"):
@@ -75,7 +76,8 @@ def read_shim_report(fd: int) -> int:
         raise ConfigError(msg["config_error"]["field"], msg["config_error"]["message"])
     if "error" in msg:
         raise RuntimeFailure.from_dict(msg["error"])
-    return int(msg["pid"])
+    report: dict[str, Any] = msg
+    return report
 
 
 def check_console(config: Config, console_socket: str | None) -> None:
@@ -182,7 +184,7 @@ class Runtime:
         if self.double_fork:
             os.waitpid(middle, 0)
         try:
-            return read_shim_report(read_fd)
+            return int(read_shim_report(read_fd)["pid"])
         finally:
             os.close(read_fd)
 

@@ -27,7 +27,7 @@ from agent.runtime.errors import RuntimeFailure
 from agent.runtime.linux import CLONE_NEWNET, O_PATH, PR_SET_CHILD_SUBREAPER, Linux
 from agent.runtime.process import Launch, Stdio, spawn
 from agent.runtime.scope import SHIM_SLICE, shim_cgroup
-from agent.runtime.state import FIFO, LOG, StateStore, proc_start_time
+from agent.runtime.state import FIFO, LOG, StateStore, oci_state, proc_start_time
 
 DEFAULT_LOG_MAX = 10 * 1024 * 1024
 _DRAIN_SECONDS = 0.2
@@ -446,7 +446,9 @@ def run_shim(
             "warnings": list(process_mod.LAST_WARNINGS),
         }
         store.write(container_id, state)
-        os.write(result_fd, json.dumps({"pid": pid}).encode() + b"\n")
+        # The OCI state comes along, so the caller need not read back what we just wrote.
+        report = {"pid": pid, "state": oci_state(state)}
+        os.write(result_fd, json.dumps(report).encode() + b"\n")
         os.close(result_fd)
     except BaseException as exc:
         failure = exc if isinstance(exc, RuntimeFailure) else RuntimeFailure("shim", repr(exc))

@@ -138,13 +138,15 @@ class Spare:
         self.sock = ours
         self.pid = pid
 
-    def create(self, request: dict[str, Any], fds: tuple[int, ...]) -> int:
-        """Hand over one create; the container's pid once it is created (or its error)."""
+    def create(self, request: dict[str, Any], fds: tuple[int, ...]) -> dict[str, Any]:
+        """Hand over one create; the container's OCI state once it is created (or its
+        error, raised)."""
         from agent.runtime.runtime import read_shim_report
 
         try:
             socket.send_fds(self.sock, [json.dumps(request).encode()], list(fds))
-            return read_shim_report(self.sock.fileno())
+            state: dict[str, Any] = read_shim_report(self.sock.fileno())["state"]
+            return state
         finally:
             self.sock.close()
 
@@ -215,8 +217,7 @@ def _answer(
         elif request["op"] == "create":
             rt = runtimes.setdefault(request["root"], Runtime(request["root"], double_fork=False))
             if spare:
-                spare.pop().create(request, fds)
-                result = rt.state(request["id"])
+                result = spare.pop().create(request, fds)
             else:
                 result = rt.create(request["id"], request["bundle"], preserve_fds=fds)
         else:
