@@ -138,7 +138,8 @@ class ContainerViewSet(viewsets.ModelViewSet):
         container, op = services.container_create(
             user=request.user, project=project, host=data.pop("host", None), **data
         )
-        body = dict(self.get_serializer(container).data)
+        serializer.instance = container  # its fields are built already: answer with them
+        body = dict(serializer.data)
         body["operation"] = OperationSerializer(op).data
         return Response(body, status=status.HTTP_201_CREATED)
 
