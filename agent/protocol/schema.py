@@ -31,6 +31,7 @@ class Message:
     """Base of every protocol object: ``to_dict``/``from_dict`` with validation."""
 
     _plans: ClassVar[dict[type, tuple[tuple[str, Loader, bool], ...]]] = {}
+    _known: ClassVar[dict[type, frozenset[str]]] = {}
     _names: ClassVar[dict[type, tuple[str, ...]]] = {}
 
     def validate(self) -> None:
@@ -48,8 +49,9 @@ class Message:
         if not isinstance(data, dict):
             raise ProtocolError(path or cls.__name__, f"expected an object, got {_tname(data)}")
         plan = Message._plans.get(cls) or cls._plan()
-        if len(data) > len(plan) or not data.keys() <= {name for name, _, _ in plan}:
-            unknown = sorted(set(data) - {name for name, _, _ in plan})
+        known = Message._known[cls]
+        if not data.keys() <= known:
+            unknown = sorted(set(data) - known)
             raise ProtocolError(_join(path, unknown[0]), "unknown field")
         kwargs: dict[str, Any] = {}
         for name, load, required in plan:
@@ -78,6 +80,7 @@ class Message:
             )
             for f in dataclasses.fields(cls)  # type: ignore[arg-type]
         )
+        Message._known[cls] = frozenset(name for name, _, _ in plan)
         Message._plans[cls] = plan
         return plan
 
