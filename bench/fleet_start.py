@@ -248,7 +248,9 @@ def measure(
     client: Any, hosts: list[str], podman: Podman, count: int, profiler: Any = None
 ) -> dict[str, list[float]]:
     """Interleaved: one corral container, then one podman container, ``count`` times."""
-    out: dict[str, list[float]] = {"corral": [], "api": [], "agent": [], "report": [], "podman": []}
+    out: dict[str, list[float]] = {
+        "corral": [], "api": [], "agent": [], "report": [], "result": [], "podman": []
+    }  # fmt: skip
     for i in range(count + 2):  # the first two (one per host) warm the agents' zygotes
         body = {"project": "bench", "name": f"c{i}", "mode": "host", "network_mode": "none",
                 "command": ["/bin/sleep", "600"], "host": hosts[i % 2]}  # fmt: skip
@@ -262,7 +264,7 @@ def measure(
         assert response.status_code == 201, response.content[:500]
         cid = response.json()["id"]
         t_db = wait_running(cid)
-        started = started_at(cid)
+        started, applied = started_at(cid)
         peer = podman.sample()
         if i < 2:
             continue
@@ -271,19 +273,23 @@ def measure(
         if started is not None:
             out["agent"].append((started - t_api) * 1000)
             out["report"].append((t_db - started) * 1000)
+            if applied is not None:
+                out["result"].append((applied - started) * 1000)
         if peer is not None:
             out["podman"].append(peer)
     return out
 
 
-def started_at(cid: str) -> float | None:
-    """The runtime's start time (agent clock = this machine's) from the create result."""
+def started_at(cid: str) -> tuple[float | None, float | None]:
+    """The runtime's start time (agent clock = this machine's) from the create result, and
+    when the control plane applied that result (its clock: the same machine's)."""
     from hosts.models import Operation
 
     op = Operation.objects.filter(target_id=cid).order_by("created_at").first()
     status = (op.result or {}).get("status", {}) if op else {}
     value = status.get("started_at")
-    return float(value) if value else None
+    applied = op.finished_at.timestamp() if op and op.finished_at else None
+    return (float(value) if value else None), applied
 
 
 def report(samples: dict[str, list[float]], python: str) -> None:
@@ -296,6 +302,7 @@ def report(samples: dict[str, list[float]], python: str) -> None:
         ("  API + on_commit publish", "api"),
         ("  -> agent started it (queue+create+start)", "agent"),
         ("  -> report, worker, database", "report"),
+        ("     of which: start -> result applied", "result"),
         ("podman run -d (peer)", "podman"),
     ]
     for label, key in rows:
