@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.network.errors import NetworkError
@@ -71,23 +72,18 @@ class NetnsPins:
         self.directory.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
-        box: list[BaseException] = []
 
-        def run() -> None:
-            try:
-                self.linux.unshare(CLONE_NEWNET)
-                # The mount is made in the mount namespace this thread shares with the agent.
-                self.linux.mount("/proc/thread-self/ns/net", str(path), None, MS_BIND, None)
-            except BaseException as exc:  # handed to the caller's thread below
-                box.append(exc)
+        def pin() -> None:
+            self.linux.unshare(CLONE_NEWNET)
+            # The mount is made in the mount namespace this thread shares with the agent.
+            self.linux.mount("/proc/thread-self/ns/net", str(path), None, MS_BIND, None)
 
-        thread = threading.Thread(target=run, name="netns-pin", daemon=True)
-        thread.start()
-        thread.join()
-        if box:
+        try:
+            in_own_thread("netns-pin", pin)
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 path.unlink()
-            raise NetworkError("step.netns_pin", f"{path}: {box[0]}") from box[0]
+            raise NetworkError("step.netns_pin", f"{path}: {exc}") from exc
 
     def remove(self, container_id: str) -> bool:
         """Unmount and delete the pin; the namespace goes with its last process. Idempotent;
@@ -126,3 +122,22 @@ class NetnsPins:
         for cid in orphans:
             self.remove(cid)
         return orphans
+
+
+def in_own_thread(name: str, fn: Callable[[], None]) -> None:
+    """Run ``fn`` in a short-lived thread and wait for it; what it raises is raised here. For
+    steps that change the calling thread's namespaces (unshare, setns): they then end with
+    the thread, and the agent's other threads stay where they were."""
+    box: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # handed to the caller's thread below
+            box.append(exc)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join()
+    if box:
+        raise box[0]
