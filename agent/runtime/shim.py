@@ -349,7 +349,7 @@ class Shim:
         if self.cgroup is None:
             return False
         try:
-            kills = int(self.cgroup.stats().oom_kill)
+            kills = int(self.cgroup.oom_kills())
         except Exception:
             return False
         seen, self.oom_seen = self.oom_seen, kills

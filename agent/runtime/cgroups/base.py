@@ -199,6 +199,11 @@ class Manager(abc.ABC):
     def stats(self) -> CgroupStats:
         """Read usage counters and limits."""
 
+    def oom_kills(self) -> int:
+        """Processes the OOM killer took so far: what the shim reads at every exit, where
+        the rest of :meth:`stats` would be files read for nothing."""
+        return self.stats().oom_kill
+
     @abc.abstractmethod
     def pids(self) -> list[int]:
         """Every process in the cgroup and below it, sorted."""

@@ -210,6 +210,9 @@ class SystemdManager(Manager):
     def stats(self) -> CgroupStats:
         return self.files.stats()
 
+    def oom_kills(self) -> int:
+        return self.files.oom_kills()
+
     def pids(self) -> list[int]:
         return self.files.pids()
 

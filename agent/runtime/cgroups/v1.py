@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 from agent.runtime.cgroups.base import (
@@ -216,6 +215,11 @@ class V1Manager(Manager):
             oom_kill=oom.get("oom_kill", 0),
         )
 
+    def oom_kills(self) -> int:
+        return self.fs.read_keyed(f"memory{self.cgroups_path}/memory.oom_control").get(
+            "oom_kill", 0
+        )
+
     def pids(self) -> list[int]:
         controller = "pids" if self.fs.exists("pids") else "memory"
         return sorted(_procs_recursive(self.fs, self._rel(controller)))
@@ -271,7 +275,7 @@ def _remove_if_empty(fs: CgroupFS, controllers: list[str], path: str) -> bool:
     removed = True
     for controller in controllers:
         try:
-            Path(fs.abspath(f"{controller}{path}")).rmdir()
+            os.rmdir(fs.abspath(f"{controller}{path}"))
         except FileNotFoundError:
             pass
         except OSError as exc:

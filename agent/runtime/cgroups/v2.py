@@ -181,6 +181,9 @@ class V2Manager(Manager):
             oom_kill=events.get("oom_kill", 0),
         )
 
+    def oom_kills(self) -> int:
+        return self.fs.read_keyed(f"{self._rel}/memory.events").get("oom_kill", 0)
+
     def pids(self) -> list[int]:
         return sorted(_procs_recursive(self.fs, self._rel))
 

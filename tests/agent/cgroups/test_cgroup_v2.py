@@ -171,6 +171,15 @@ def test_stats_parse_the_v2_files(fake_v2: Any) -> None:
     assert stats.memory_peak == 0
 
 
+def test_oom_kills_reads_only_the_memory_events(fake_v2: Any) -> None:
+    mgr = manager(fake_v2)
+    mgr.create()
+    leaf = Path(mgr.path())
+    (leaf / "memory.events").write_text("low 0\nhigh 0\nmax 7\noom 3\noom_kill 2\n")
+    (leaf / "cpu.stat").unlink()  # stats() would need it; the OOM count does not
+    assert mgr.oom_kills() == 2
+
+
 def test_stats_of_a_missing_cgroup_is_an_error(fake_v2: Any) -> None:
     with pytest.raises(CgroupError, match="does not exist"):
         manager(fake_v2).stats()
