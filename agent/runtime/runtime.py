@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agent.runtime.errors import ConfigError, ContainerNotFound, RuntimeFailure
 from agent.runtime.linux import LINUX, NAMESPACE_PROC_NAMES, Linux
-from agent.runtime.scope import shim_cgroup, shim_scope_may_exist
+from agent.runtime.scope import shim_cgroup, shim_cgroups_may_exist
 from agent.runtime.state import (
     DEFAULT_ROOT,
     FIFO,
@@ -341,8 +341,8 @@ class Runtime:
         shim_pid = int(state.get("shim_pid") or 0)
         if shim_pid:
             wait_pid_gone(shim_pid, proc_start_time(shim_pid), 2.0)
-        if not shim_scope_may_exist(container_id):
-            return  # the usual case: no cgroup driver to load, nothing to remove
+        if not shim_cgroups_may_exist(container_id):
+            return  # short-lived containers: no cgroup driver to load, nothing to remove
         from agent.runtime.cgroups import new_manager
 
         with contextlib.suppress(Exception):

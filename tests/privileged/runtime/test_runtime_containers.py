@@ -433,3 +433,34 @@ def test_seccomp_names_it_cannot_apply_are_reported_in_the_state(
     runtime.create(cid, make_bundle(SLEEP, linux={"seccomp": profile}))
     warnings = runtime.state(cid)["warnings"]
     assert any("no_such_syscall" in w for w in warnings)
+
+
+def test_a_shim_that_moved_into_its_scope_leaves_no_scope_after_delete(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    from agent.runtime.scope import shim_cgroup
+    from agent.runtime.state import proc_start_time
+
+    running(runtime, cid, make_bundle(SLEEP))
+    shim = int(runtime.raw_state(cid)["shim_pid"])
+    deadline = time.monotonic() + 5  # it moves once the container has run SCOPE_DELAY
+    while "shim-" not in Path(f"/proc/{shim}/cgroup").read_text():
+        assert time.monotonic() < deadline, "the shim never moved into its scope"
+        time.sleep(0.01)
+    assert cgroup_dirs(shim_cgroup(cid))
+    runtime.delete(cid, force=True)
+    assert proc_start_time(shim) is None  # exited (a zombie until its new parent reaps it)
+    assert not cgroup_dirs(shim_cgroup(cid))
+
+
+def test_a_short_container_is_recorded_without_its_shim_ever_moving(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    from agent.runtime.scope import shim_cgroup
+
+    runtime.create(cid, make_bundle(["/bin/true"]))
+    runtime.start(cid)
+    assert runtime.wait(cid, timeout=10) == 0
+    assert not cgroup_dirs(shim_cgroup(cid))  # done within SCOPE_DELAY: no scope was made
+    runtime.delete(cid)
+    assert runtime.store.ids() == []
