@@ -138,17 +138,39 @@ class Spare:
         self.sock = ours
         self.pid = pid
 
-    def create(self, request: dict[str, Any], fds: tuple[int, ...]) -> dict[str, Any]:
+    def create(self, request: dict[str, Any], fds: tuple[int, ...]) -> dict[str, Any] | None:
         """Hand over one create; the container's OCI state once it is created (or its
-        error, raised)."""
+        error, raised). None when the spare is gone before taking the request: the caller
+        creates the usual way."""
         from agent.runtime.runtime import read_shim_report
 
         try:
-            socket.send_fds(self.sock, [json.dumps(request).encode()], list(fds))
-            state: dict[str, Any] = read_shim_report(self.sock.fileno())["state"]
+            try:
+                socket.send_fds(self.sock, [json.dumps(request).encode()], list(fds))
+            except OSError:
+                return None
+            try:
+                state: dict[str, Any] = read_shim_report(self.sock.fileno())["state"]
+            except RuntimeFailure as exc:
+                if exc.step == "shim":  # it died without a word: undo what it may have made
+                    self._remove_what_it_made(request)
+                raise
             return state
         finally:
             self.sock.close()
+
+    def _remove_what_it_made(self, request: dict[str, Any]) -> None:
+        """A spare that dies (killed) between taking a create and reporting leaves nobody
+        to undo its state directory: remove it, unless it belongs to another container."""
+        from agent.runtime.state import StateStore
+
+        store = StateStore(request["root"])
+        try:
+            owner = store.read(request["id"]).get("shim_pid")
+        except (ContainerNotFound, ValueError):
+            owner = self.pid  # no (complete) state: the directory was only being made
+        if owner == self.pid:
+            store.remove(request["id"])
 
 
 def _spare_main(sock: socket.socket) -> NoReturn:
@@ -216,9 +238,8 @@ def _answer(
             result: Any = {"pid": os.getpid()}
         elif request["op"] == "create":
             rt = runtimes.setdefault(request["root"], Runtime(request["root"], double_fork=False))
-            if spare:
-                result = spare.pop().create(request, fds)
-            else:
+            result = spare.pop().create(request, fds) if spare else None
+            if result is None:
                 result = rt.create(request["id"], request["bundle"], preserve_fds=fds)
         else:
             raise RuntimeFailure("zygote", f"unknown op {request.get('op')!r}")
