@@ -61,47 +61,6 @@ def parse_signal(value: str | int) -> int:
     raise RuntimeFailure("signal", f"unknown signal {value!r}")
 
 
-def read_shim_report(fd: int) -> dict[str, Any]:
-    """The shim's one-line report (the container's ``pid`` and OCI ``state``), or the error
-    it failed with, raised."""
-    # One line, not EOF: the container process holds a copy of the write end until exec.
-    chunks = []
-    while (chunk := os.read(fd, 65536)) and not chunk.endswith(b"\n"):
-        chunks.append(chunk)
-    chunks.append(chunk)
-    if not b"".join(chunks).strip():
-        raise RuntimeFailure("shim", "the monitor exited without reporting")
-    msg = json.loads(b"".join(chunks))
-    if "config_error" in msg:
-        raise ConfigError(msg["config_error"]["field"], msg["config_error"]["message"])
-    if "error" in msg:
-        raise RuntimeFailure.from_dict(msg["error"])
-    report: dict[str, Any] = msg
-    return report
-
-
-def check_console(config: Config, console_socket: str | None) -> None:
-    """A terminal needs a console socket to hand its master to, and only a terminal uses one
-    (runc refuses both mismatches the same way)."""
-    if config.process.terminal and not console_socket:
-        raise RuntimeFailure("console-socket", "process.terminal needs --console-socket")
-    if console_socket and not config.process.terminal:
-        raise RuntimeFailure("console-socket", "--console-socket needs process.terminal: true")
-
-
-def report_failure(fd: int, exc: ConfigError | RuntimeFailure | OSError) -> NoReturn:
-    """Write ``exc`` as :func:`read_shim_report` reads it, and exit (a spare shim's end)."""
-    if isinstance(exc, ConfigError):
-        msg: dict[str, Any] = {"config_error": {"field": exc.field, "message": exc.message}}
-    elif isinstance(exc, RuntimeFailure):
-        msg = {"error": exc.to_dict()}
-    else:
-        msg = {"error": RuntimeFailure.from_os("state", exc).to_dict()}
-    with contextlib.suppress(OSError):
-        os.write(fd, json.dumps(msg).encode() + b"\n")
-    os._exit(1)
-
-
 class Runtime:
     """One state root (``--root``). All methods raise :class:`RuntimeFailure` naming the step,
     :class:`ContainerNotFound`, or :class:`ConfigError` naming the field."""
@@ -130,6 +89,7 @@ class Runtime:
         ``console_socket`` (a unix socket path) receives the pty master when the config asks
         for a terminal (``process.terminal``), which then requires it."""
         from agent.runtime.config import load_config
+        from agent.runtime.terminal import check_console
 
         config = load_config(bundle)
         check_console(config, console_socket)
@@ -183,6 +143,8 @@ class Runtime:
         os.close(write_fd)
         if self.double_fork:
             os.waitpid(middle, 0)
+        from agent.runtime.report import read_shim_report
+
         try:
             return int(read_shim_report(read_fd)["pid"])
         finally:
@@ -195,7 +157,9 @@ class Runtime:
         the request came): the same checks and steps, then this process becomes the
         container's shim. Failures are undone here and reported on ``result_fd``."""
         from agent.runtime.config import load_config
+        from agent.runtime.report import report_failure
         from agent.runtime.shim import run_shim
+        from agent.runtime.terminal import check_console
 
         try:
             config = load_config(bundle)

@@ -16,12 +16,25 @@ import socket
 
 from agent.runtime.errors import RuntimeFailure
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from agent.runtime.config import Config
+
 # ioctl requests (asm-generic/ioctls.h, the same on x86_64 and arm64).
 TIOCSCTTY = 0x540E
 TIOCSPTLCK = 0x40045431
 TIOCGPTPEER = 0x5441
 # What runc sends beside the fd (the master's name); receivers read only the fd.
 CONSOLE_NAME = b"/dev/ptmx"
+
+
+def check_console(config: Config, console_socket: str | None) -> None:
+    """A terminal needs a console socket to hand its master to, and only a terminal uses one
+    (runc refuses both mismatches the same way)."""
+    if config.process.terminal and not console_socket:
+        raise RuntimeFailure("console-socket", "process.terminal needs --console-socket")
+    if console_socket and not config.process.terminal:
+        raise RuntimeFailure("console-socket", "--console-socket needs process.terminal: true")
 
 
 def open_pty() -> tuple[int, int]:

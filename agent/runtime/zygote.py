@@ -142,7 +142,7 @@ class Spare:
         """Hand over one create; the container's OCI state once it is created (or its
         error, raised). None when the spare is gone before taking the request: the caller
         creates the usual way."""
-        from agent.runtime.runtime import read_shim_report
+        from agent.runtime.report import read_shim_report
 
         try:
             try:
