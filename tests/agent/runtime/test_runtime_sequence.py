@@ -139,6 +139,28 @@ def test_state_writes_are_atomic_and_updates_locked(tmp_path: Path) -> None:
     assert store.ids() == ["c1"]
 
 
+def test_concurrent_updates_from_two_processes_lose_nothing(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.make_dir("c1")
+    store.write("c1", {"id": "c1", "count": 0})
+
+    def bump(state: dict[str, int]) -> None:
+        state["count"] += 1
+
+    child = os.fork()
+    if child == 0:  # the other writer (a shim, say)
+        try:
+            for _ in range(100):
+                store.update("c1", bump)
+        finally:
+            os._exit(0)
+    for _ in range(100):
+        store.update("c1", bump)
+    os.waitpid(child, 0)
+    assert store.read("c1")["count"] == 200
+    assert sorted(p.name for p in store.dir("c1").iterdir()) == ["state.json"]  # no lock file
+
+
 def test_a_dead_pid_reads_as_stopped() -> None:
     assert live_status({"status": "running", "pid": 0}) == "stopped"
     me = {"status": "running", "pid": os.getpid()}
