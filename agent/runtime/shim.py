@@ -31,6 +31,7 @@ from agent.runtime.state import FIFO, LOG, StateStore, oci_state, proc_start_tim
 
 DEFAULT_LOG_MAX = 10 * 1024 * 1024
 _DRAIN_SECONDS = 0.2
+_OOM_COUNT_WAIT = 0.1
 # How long a container must have run before its shim moves into its own scope. Moving a
 # process between v1 cgroups waits for an RCU grace period (~15 ms here): paid up front, it
 # delayed every short container's exit record by that much. A container that is done sooner
@@ -326,6 +327,13 @@ class Shim:
             self.log.flush()
         code = exit_code_of(wait_status)
         oom = self._oom_killed()
+        if not oom and code == 128 + signal.SIGKILL:
+            # The OOM killer counts its kill after sending SIGKILL: on a busy host the victim
+            # can be reaped before the count moves. Look again, briefly, for a SIGKILL only.
+            deadline = time.monotonic() + _OOM_COUNT_WAIT
+            while not oom and time.monotonic() < deadline:
+                time.sleep(0.005)
+                oom = self._oom_killed()
         decision = {"restart": False}
 
         def change(state: dict[str, Any]) -> None:
