@@ -128,9 +128,16 @@ def spawn(linux: Linux, launch: Launch, cgroup: CgroupLike | None) -> int:
     ready = False
     LAST_TIMINGS.clear()
     try:
-        if cgroup is not None:
-            _cgroup_apply(cgroup, init_pid if direct else stage1)
-        sync.send(go=True)
+        overlap = cgroup is not None and direct and _can_join_cgroup_late(launch.config)
+        if cgroup is not None and not overlap:
+            _timed_apply(cgroup, init_pid if direct else stage1)
+        sync.send(go=True, cgroup_pending=overlap)
+        if overlap and cgroup is not None:
+            # Moving a process between cgroup v1 hierarchies waits for an RCU grace period
+            # (~14 ms here): the init builds its rootfs meanwhile, and waits for this message
+            # before it makes its cgroup namespace and drops its privileges.
+            _timed_apply(cgroup, init_pid)
+            sync.send(cgrouped=True)
         while True:
             msg, fds = sync.recv_fds()
             if "error" in msg:
@@ -199,18 +206,40 @@ def _clone_init(
     parent_sock.close()
     sync = Sync(child_sock)
     try:
-        sync.recv()  # "go": we are in the cgroup now
+        # "go": we are in the cgroup now, or the parent is moving us (cgroup_pending).
+        cgroup_pending = bool(sync.recv().get("cgroup_pending"))
         config = launch.config
-        if namespaces.new_user_namespace(config):
+        if namespaces.new_user_namespace(config):  # never with cgroup_pending
             sync.send(idmap=True)
             sync.recv()
             _become_namespace_root(linux, config)
-        ns = config.namespace("cgroup")
-        if ns is not None and ns.path is None:
-            _step("namespaces.unshare cgroup", lambda: linux.unshare(CLONE_NEWCGROUP))
+        if not cgroup_pending:
+            _unshare_cgroup_namespace(linux, config)
     except BaseException as exc:
         _report_and_exit(sync, exc, "namespaces")
-    _init(linux, launch, sync)
+    _init(linux, launch, sync, cgroup_pending=cgroup_pending)
+
+
+def _can_join_cgroup_late(config: Config) -> bool:
+    """Whether the init may set up its rootfs before it is in its cgroup: not when the user
+    namespace handshake shares the channel, nor when it mounts a cgroup filesystem (whose
+    view depends on the cgroup namespace made once it is in the cgroup)."""
+    if namespaces.new_user_namespace(config):
+        return False
+    return not any(m.type in ("cgroup", "cgroup2") for m in config.mounts)
+
+
+def _timed_apply(cgroup: CgroupLike, pid: int) -> None:
+    started = time.perf_counter()
+    _cgroup_apply(cgroup, pid)
+    LAST_TIMINGS.append(("spawn.cgroup.apply", round((time.perf_counter() - started) * 1000, 3)))
+
+
+def _unshare_cgroup_namespace(linux: Linux, config: Config) -> None:
+    """A new cgroup namespace, rooted at the cgroup we are in (so: once we are in ours)."""
+    ns = config.namespace("cgroup")
+    if ns is not None and ns.path is None:
+        _step("namespaces.unshare cgroup", lambda: linux.unshare(CLONE_NEWCGROUP))
 
 
 def _cgroup_apply(cgroup: CgroupLike, pid: int) -> None:
@@ -269,8 +298,10 @@ def _become_namespace_root(linux: Linux, config: Config) -> None:
         _step("namespaces.setresuid", lambda: linux.setresuid(0))
 
 
-def _init(linux: Linux, launch: Launch, sync: Sync) -> NoReturn:
-    """The container's process: set up everything, tell the parent, wait for start, exec."""
+def _init(linux: Linux, launch: Launch, sync: Sync, *, cgroup_pending: bool = False) -> NoReturn:
+    """The container's process: set up everything, tell the parent, wait for start, exec.
+    ``cgroup_pending``: the parent is still moving us into our cgroup; we wait for it before
+    the cgroup namespace and the privilege drop."""
     channel: Sync | None = sync
     config = launch.config
     process = config.process
@@ -304,6 +335,9 @@ def _init(linux: Linux, launch: Launch, sync: Sync) -> NoReturn:
                 seccomp = None
             elif skipped:
                 warnings.append(f"seccomp: unknown syscalls skipped: {', '.join(sorted(skipped))}")
+        if cgroup_pending:
+            _step("cgroup.wait", lambda: sync.recv())  # "cgrouped"
+            _unshare_cgroup_namespace(linux, config)
         if seccomp is not None and not process.no_new_privileges:
             _step("seccomp", lambda: install_seccomp(linux, seccomp))
         _step("security", lambda: apply_process_security(linux, process))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -464,3 +465,22 @@ def test_a_short_container_is_recorded_without_its_shim_ever_moving(
     assert not cgroup_dirs(shim_cgroup(cid))  # done within SCOPE_DELAY: no scope was made
     runtime.delete(cid)
     assert runtime.store.ids() == []
+
+
+def test_the_cgroup_namespace_is_rooted_at_the_containers_own_cgroup(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    # The init sets up its rootfs while the shim still moves it into its cgroup, and makes
+    # its cgroup namespace only once it is there: inside, its own cgroup must read as "/".
+    cg = f"{CGROUP_PARENT}/{cid}"
+    script = "cat /proc/self/cgroup; sleep 30"
+    pid = running(runtime, cid, make_bundle(["/bin/sh", "-c", script], linux={"cgroupsPath": cg}))
+    assert f":memory:{cg}\n" in Path(f"/proc/{pid}/cgroup").read_text()
+    log = runtime.store.dir(cid) / "ctr.log"
+    deadline = time.monotonic() + 10
+    while ":memory:" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "the container printed no /proc/self/cgroup"
+        time.sleep(0.02)
+    inside = "".join(json.loads(line)["log"] for line in log.read_text().splitlines())
+    assert ":memory:/\n" in inside
+    assert ":pids:/\n" in inside
