@@ -20,6 +20,7 @@ the same cgroup; report both figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -279,7 +280,18 @@ def main() -> int:
     finally:
         zygote.close()
         shutil.rmtree(base, ignore_errors=True)
+        if args.cgroup:
+            remove_bench_slice()
     return 0
+
+
+def remove_bench_slice() -> None:
+    """crun and runc remove the container's cgroup but leave its parent (here also in the
+    name=systemd hierarchy, which corral does not use): take the empty slice away."""
+    parent = BENCH_CGROUP.rsplit("/", 1)[0]
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        with contextlib.suppress(OSError):
+            (hierarchy / parent.lstrip("/")).rmdir()
 
 
 if __name__ == "__main__":
