@@ -137,7 +137,10 @@ def spawn(linux: Linux, launch: Launch, cgroup: CgroupLike | None) -> int:
             # (~14 ms here): the init builds its rootfs meanwhile, and waits for this message
             # before it makes its cgroup namespace and drops its privileges.
             _timed_apply(cgroup, init_pid)
-            sync.send(cgrouped=True)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                # An init that failed while building its rootfs has reported why and exited;
+                # its report is still queued for the recv below.
+                sync.send(cgrouped=True)
         while True:
             msg, fds = sync.recv_fds()
             if "error" in msg:
