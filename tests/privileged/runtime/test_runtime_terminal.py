@@ -53,6 +53,27 @@ def read_until(fd: int, marker: bytes, timeout: float = 10.0) -> bytes:
     return seen
 
 
+def wait_in_foreground(parent: int, name: str, timeout: float = 10.0) -> None:
+    """Until a child ``name`` of ``parent`` is its terminal's foreground process group (a ^C
+    sent before then would reach the shell, not the child)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            ppid, pgrp, tpgid = int(fields[1]), int(fields[2]), int(fields[5])
+            if comm == name and ppid == parent and pgrp == tpgid:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"no {name} in the foreground under {parent} after {timeout} s")
+
+
 def test_the_cli_sends_the_pty_master_and_a_shell_answers_on_it(
     runtime: Runtime,
     make_bundle: BundleFactory,
@@ -97,7 +118,7 @@ def test_ctrl_c_on_the_terminal_interrupts_the_foreground_process(
     try:
         runtime.start(cid)
         os.write(master, b"sleep 30\n")
-        time.sleep(0.3)
+        wait_in_foreground(int(runtime.raw_state(cid)["pid"]), "sleep")
         os.write(master, b"\x03")  # ^C: SIGINT to the terminal's foreground process group
         read_until(master, b"^C")
         os.write(master, b"echo status=$?; exit\n")  # 128 + SIGINT: the sleep was interrupted
