@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> None:
     call_command("migrate", verbosity=0)
     podman = None
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(shutil.rmtree, work, True)
+        if not os.environ.get("CORRAL_BENCH_KEEP"):
+            cleanup.callback(shutil.rmtree, work, True)
         cleanup.callback(drop_database, db)
         url, server = serve_http()
         cleanup.callback(server.shutdown)

@@ -11,7 +11,7 @@ from agent.protocol import envelope
 from agent.protocol.errors import ProtocolError
 from agent.protocol.schema import Message
 from hosts.keys import host_public_key
-from hosts.models import Host
+from hosts.models import HOST_LARGE_FIELDS, Host
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def _host(host_id: str) -> Host | None:
     now = time.monotonic()
     if hit and now - hit[0] < _HOST_CACHE_TTL:
         return hit[1]
-    host = Host.objects.filter(pk=host_id).first()
+    host = Host.objects.filter(pk=host_id).defer(*HOST_LARGE_FIELDS).first()
     if host is not None:
         _HOST_CACHE[host_id] = (now, host)
     return host
@@ -42,7 +42,11 @@ def verify_report(data: Any, kind: str, *, cached: bool = False) -> tuple[Host, 
     if not isinstance(host_id, str):
         raise ReportRejected("report has no host_id")
     try:
-        host = _host(host_id) if cached else Host.objects.filter(pk=host_id).first()
+        host = (
+            _host(host_id)
+            if cached
+            else Host.objects.filter(pk=host_id).defer(*HOST_LARGE_FIELDS).first()
+        )
     except Exception:
         host = None
     if host is None or not host.public_key:
