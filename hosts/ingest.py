@@ -14,6 +14,7 @@ Celery task, which hands it a batch of one.
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -295,6 +296,7 @@ class HeartbeatIngestor:
         self.missing_check_every = missing_check_every
         self._fingerprints: dict[str, int] = {}
         self._last_missing_check: dict[str, float] = {}
+        self._rng = random.Random()  # noqa: S311 - jitter, not a secret
 
     def ingest(self, messages: Sequence[Any], *, now: datetime | None = None) -> BatchResult:
         """Verify, write, then apply container changes of the hosts that were updated. Every
@@ -324,7 +326,13 @@ class HeartbeatIngestor:
             if beat.host_id not in fresh:
                 continue
             fingerprint = hash(tuple(beat.heartbeat.containers))
-            check_missing = mono - self._last_missing_check.get(beat.host_id, -every) >= every
+            last = self._last_missing_check.get(beat.host_id)
+            if last is None:
+                # A host first seen gets its first check at a random point of the interval:
+                # a consumer (re)started under a large fleet would otherwise run one query
+                # per host at once (20,000 at 20,000 hosts) before its first batches.
+                last = self._last_missing_check[beat.host_id] = mono - self._rng.uniform(0, every)
+            check_missing = mono - last >= every
             if check_missing or self._fingerprints.get(beat.host_id) != fingerprint:
                 due.append((beat, fingerprint, check_missing))
         if not due:

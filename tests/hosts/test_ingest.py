@@ -240,7 +240,29 @@ def test_container_changes_are_applied_only_when_the_list_changed() -> None:
     stopped = ContainerStatus(id="c1", state="stopped", exit_code=0)
     ingestor.ingest([beat(key, host.pk, 3, containers=[stopped])])
 
-    assert calls == [(["c1:running"], True), (["c1:stopped"], False)]
+    assert calls == [(["c1:running"], False), (["c1:stopped"], False)]
+
+
+def test_the_check_for_missing_containers_comes_within_its_interval_not_at_first_sight() -> None:
+    """A consumer (re)started under a large fleet spreads its first checks over the interval
+    instead of running one per host at once; each host is still checked within it."""
+    host, key = enrolled_host("alpha")
+    calls: list[bool] = []
+
+    def hook(h: Host, statuses: list[ContainerStatus], *, check_missing: bool) -> int:
+        calls.append(check_missing)
+        return 0
+
+    ingestor = HeartbeatIngestor(containers=hook, missing_check_every=0.3)
+    ingestor.ingest([beat(key, host.pk, 1)])  # first sight: the list is applied, no check yet
+    seq = 2
+    deadline = time.monotonic() + 0.35
+    while time.monotonic() < deadline and True not in calls:
+        ingestor.ingest([beat(key, host.pk, seq)])
+        seq += 1
+        time.sleep(0.02)
+    assert calls[0] is False
+    assert True in calls  # checked within the interval
 
 
 def test_the_celery_task_is_a_batch_of_one(caplog: pytest.LogCaptureFixture) -> None:
