@@ -1,7 +1,9 @@
 """Fleet start latency: REST API request -> container observed ``running`` in the database,
 beside ``podman run -d`` of a comparable container on this machine, interleaved sample by sample.
 
-Run as root: ``.venv/bin/python bench/fleet_start.py [--containers 100]``.
+Run as root: ``.venv/bin/python bench/fleet_start.py [--containers 100] [--profile]``; with
+``CORRAL_BENCH_KEEP=1`` the work dir (every process's log) is kept. Production settings: DEBUG
+off, so no query log and no debug cursor.
 
 The corral side is the whole real path: a scratch PostgreSQL database, a private Redis, the
 control-plane Celery worker, two agents enrolled over HTTP and running in network namespaces
@@ -157,9 +159,15 @@ def wait_running(cid: str, timeout: float = 60) -> float:
 def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="corral-fleet-bench-"))
     db = scratch_database()
+    from cryptography.fernet import Fernet
+
+    # Production settings (DEBUG off: no query log, no debug cursor), over plain HTTP.
     os.environ.update(
         DATABASE_URL=f"{PG}/{db}",
-        DEBUG="1",
+        DEBUG="0",
+        SECRET_KEY=secrets.token_urlsafe(50),
+        CORRAL_FERNET_KEYS=Fernet.generate_key().decode(),
+        ALLOWED_HOSTS="*",
         SECURE_SSL_REDIRECT="0",
         CORRAL_VAR_DIR=str(work / "var"),
         DJANGO_SETTINGS_MODULE="config.settings",
@@ -197,7 +205,8 @@ def run(args: argparse.Namespace) -> None:
             "DATABASE_URL": os.environ["DATABASE_URL"],
             "CELERY_BROKER_URL": broker.local_url,
             "CORRAL_HEARTBEAT_INTERVAL": "2",
-            "DEBUG": "1",
+            **{k: os.environ[k] for k in ("DEBUG", "SECRET_KEY", "CORRAL_FERNET_KEYS")},
+            **{k: os.environ[k] for k in ("ALLOWED_HOSTS", "SECURE_SSL_REDIRECT")},
             "CORRAL_VAR_DIR": str(work / "var"),
             "PYTHONPATH": str(REPO),
             "PYTHONUNBUFFERED": "1",
@@ -226,6 +235,7 @@ def run(args: argparse.Namespace) -> None:
             stats = pstats.Stats(profiler)
             stats.sort_stats("cumulative").print_stats(r"corral|containers/|hosts/|config/", 40)
             stats.sort_stats("tottime").print_stats(25)
+            stats.sort_stats("cumulative").print_stats(r"rest_framework|django/db/models/query.py|psycopg/connection", 25)
         remove_all(client)
 
 
