@@ -235,7 +235,8 @@ def run(args: argparse.Namespace) -> None:
             stats = pstats.Stats(profiler)
             stats.sort_stats("cumulative").print_stats(r"corral|containers/|hosts/|config/", 40)
             stats.sort_stats("tottime").print_stats(25)
-            stats.sort_stats("cumulative").print_stats(r"rest_framework|django/db/models/query.py|psycopg/connection", 25)
+            libraries = r"rest_framework|django/db/models/query.py|psycopg/connection"
+            stats.sort_stats("cumulative").print_stats(libraries, 25)
         remove_all(client)
 
 
