@@ -10,7 +10,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from agent.protocol.messages import InventoryReport, OperationResult
@@ -369,7 +370,18 @@ def operation_result_apply(host: Host, result: OperationResult) -> Operation | N
     if result.status == "running":
         to, fields = OperationStatus.RUNNING, {"step": result.step, **_progress(result.result)}
     elif result.status == "succeeded":
-        to, fields = OperationStatus.SUCCEEDED, {"result": result.result, "step": result.step}
+        # Progress reports travel as results of their own and a worker may apply the last one
+        # after this (it is then refused: running never follows succeeded): a succeeded
+        # operation with a known total has done all of it.
+        to, fields = (
+            OperationStatus.SUCCEEDED,
+            {
+                "result": result.result,
+                "step": result.step,
+                "progress_done": Coalesce(F("progress_total"), F("progress_done")),
+                **_progress(result.result),
+            },
+        )
     else:
         to, fields = (
             OperationStatus.FAILED,
@@ -383,7 +395,12 @@ def operation_result_apply(host: Host, result: OperationResult) -> Operation | N
     written = operation_transition_fields(op.pk, to, fields)
     if written is not None:
         for name, value in written.items():  # what the compare-and-set wrote: no read back
-            setattr(op, name, value)
+            if not hasattr(value, "resolve_expression"):
+                setattr(op, name, value)
+        if isinstance(written.get("progress_done"), Coalesce):
+            op.progress_done = (
+                op.progress_total if op.progress_total is not None else op.progress_done
+            )
     else:
         if to == OperationStatus.FAILED:
             operation_event(

@@ -85,6 +85,21 @@ def test_capabilities_no_new_privs_and_seccomp(
     assert status_field(pid, "Seccomp") == "2"
 
 
+def test_the_process_starts_with_default_signal_actions(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    """Nothing ignored or blocked leaks in: this Python ignores SIGPIPE, and here SIGINT too,
+    as a runner that started the tests in the background would (a ^C on the container's
+    terminal would then not stop its foreground process)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        pid = running(runtime, cid, make_bundle(SLEEP))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert int(status_field(pid, "SigIgn"), 16) == 0
+    assert int(status_field(pid, "SigBlk"), 16) == 0
+
+
 def test_seccomp_denies_listed_syscalls(
     runtime: Runtime, make_bundle: BundleFactory, cid: str
 ) -> None:
