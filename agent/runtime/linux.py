@@ -100,6 +100,8 @@ SYS_CAPGET: Final = 125
 SYS_CAPSET: Final = 126
 SYS_OPENAT2: Final = 437
 SYS_CLONE: Final = 56
+# glibc's sigaction() refuses the two real-time signals it keeps for itself (32, 33).
+SYS_RT_SIGACTION: Final = 13
 SIGCHLD: Final = 17
 _LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
 
@@ -156,6 +158,20 @@ class Linux:
 
     def setns(self, fd: int, nstype: int) -> None:
         _check(_lib().setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+    def signal_action(
+        self, number: int, action: int | tuple[int, int, int, int]
+    ) -> tuple[int, int, int, int]:
+        """Set a signal's action with the system call itself (glibc's wrapper refuses 32 and
+        33): SIG_DFL (0), SIG_IGN (1), or a whole (handler, flags, restorer, mask) as returned.
+        Returns the previous action, whole, so that it can be put back."""
+        new = (ctypes.c_ulong * 4)(*((action, 0, 0, 0) if isinstance(action, int) else action))
+        old = (ctypes.c_ulong * 4)()
+        res = _lib().syscall(
+            ctypes.c_long(SYS_RT_SIGACTION), ctypes.c_int(number), new, old, ctypes.c_ulong(8)
+        )
+        _check(res, "rt_sigaction")
+        return (old[0], old[1], old[2], old[3])
 
     def mount(
         self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None

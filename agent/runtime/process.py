@@ -223,7 +223,7 @@ def _clone_init(
     _init(linux, launch, sync, cgroup_pending=cgroup_pending)
 
 
-def _default_signals() -> None:
+def _default_signals(linux: Linux) -> None:
     """The container starts with every signal at its default action and none blocked, as
     runc and crun start it. An ignored disposition survives execve: without this, Python's
     own SIGPIPE ignore, or a SIGINT ignored by whoever started the caller in the background,
@@ -232,8 +232,8 @@ def _default_signals() -> None:
     for number in range(1, signal.NSIG):
         if number in (signal.SIGKILL, signal.SIGSTOP):
             continue
-        with contextlib.suppress(OSError, ValueError):
-            signal.signal(number, signal.SIG_DFL)
+        with contextlib.suppress(OSError):
+            linux.signal_action(number, 0)  # also 32 and 33, which glibc's sigaction refuses
 
 
 def _can_join_cgroup_late(config: Config) -> bool:
@@ -369,7 +369,7 @@ def _init(linux: Linux, launch: Launch, sync: Sync, *, cgroup_pending: bool = Fa
             _set_exec_label(process.selinux_label)
         if seccomp is not None and process.no_new_privileges:
             install_seccomp(linux, seccomp)
-        _default_signals()
+        _default_signals(linux)
         os.execve(executable, list(process.args), env)  # noqa: S606 - exec is the point
     except BaseException as exc:
         _report_and_exit(channel, exc, "exec")

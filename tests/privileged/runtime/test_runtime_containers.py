@@ -17,6 +17,7 @@ from runtime_helpers import CGROUP_PARENT, BundleFactory, cgroup_dirs
 
 from agent.runtime.config import CAP_NUMBERS
 from agent.runtime.errors import ConfigError, ContainerNotFound, RuntimeFailure
+from agent.runtime.linux import LINUX
 from agent.runtime.runtime import Runtime
 from agent.runtime.spec import DEFAULT_CAPABILITIES
 
@@ -92,10 +93,12 @@ def test_the_process_starts_with_default_signal_actions(
     as a runner that started the tests in the background would (a ^C on the container's
     terminal would then not stop its foreground process)."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    glibc_own = LINUX.signal_action(32, 1)  # glibc's; a CI runner's ancestor ignored it
     try:
         pid = running(runtime, cid, make_bundle(SLEEP))
     finally:
         signal.signal(signal.SIGINT, previous)
+        LINUX.signal_action(32, glibc_own)
     assert int(status_field(pid, "SigIgn"), 16) == 0
     assert int(status_field(pid, "SigBlk"), 16) == 0
 
