@@ -118,6 +118,9 @@ def _control_plane(
                 "-c", "1", "-l", "INFO", "--without-gossip", "--without-mingle",
                 "-n", "guest-cp@%h"]  # fmt: skip
         worker = Proc("cp-worker", argv, env=env, log_dir=work)
+        # Agents send their heartbeats to the batch consumer, deployed beside the worker.
+        ingest_argv = [PYTHON, "manage.py", "ingest_heartbeats", "--max-wait-ms", "50"]
+        ingest = Proc("cp-ingest", ingest_argv, env=env, log_dir=work)
         # The guest's agent reaches the live server as 10.0.2.102:8000 (its Host header).
         allowed = settings.ALLOWED_HOSTS
         settings.ALLOWED_HOSTS = [*allowed, GUEST_SERVER.split(":")[0]]
@@ -157,6 +160,7 @@ def _control_plane(
                 tick=tick,
             )
         finally:
+            ingest.stop()
             worker.stop()
             settings.ALLOWED_HOSTS = allowed
             Host.objects.filter(name=GUEST_HOST_NAME).delete()
