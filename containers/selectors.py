@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import Count, Q, QuerySet
 
 from containers.models import Container, Image, Project
-from hosts.models import HOST_LARGE_FIELDS, Operation
+from hosts.models import RELATED_HOST_LARGE_FIELDS, Operation
 
 
 def project_list(user: Any) -> QuerySet[Project]:
@@ -22,7 +22,7 @@ def project_list(user: Any) -> QuerySet[Project]:
 
 def container_list(user: Any, *, include_removed: bool = False) -> QuerySet[Container]:
     qs = Container.objects.select_related("project", "host", "image").defer(
-        *(f"host__{name}" for name in HOST_LARGE_FIELDS)
+        *RELATED_HOST_LARGE_FIELDS
     )
     if not user.is_staff:
         qs = qs.filter(project__memberships__user=user)
@@ -39,9 +39,7 @@ def image_list(user: Any) -> QuerySet[Image]:
 
 
 def operation_list(user: Any) -> QuerySet[Operation]:
-    qs = Operation.objects.select_related("host", "requested_by").defer(
-        *(f"host__{name}" for name in HOST_LARGE_FIELDS)
-    )
+    qs = Operation.objects.select_related("host", "requested_by").defer(*RELATED_HOST_LARGE_FIELDS)
     if not user.is_staff:
         slugs = Project.objects.filter(memberships__user=user).values("slug")
         qs = qs.filter(project_slug__in=slugs)

@@ -22,12 +22,10 @@ from containers.models import Container, ContainerEvent, Image, Project
 from containers.placement import place
 from hosts import dispatch
 from hosts.choices import OPERATION_ACTIVE, CertificationStatus
-from hosts.models import HOST_LARGE_FIELDS, Host, Operation
+from hosts.models import RELATED_HOST_LARGE_FIELDS, Host, Operation
 from hosts.services import operation_create, operation_event
 
 logger = logging.getLogger(__name__)
-
-HOST_BULK = tuple(f"host__{name}" for name in HOST_LARGE_FIELDS)  # with select_related("host")
 
 CPU_PERIOD_US = 100_000
 LIVE_STATES = (ObservedState.CREATED, ObservedState.RUNNING, ObservedState.PAUSED)
@@ -340,7 +338,7 @@ def container_action(
     locked = (
         Container.objects.select_for_update(of=("self",))
         .select_related("host", "project")
-        .defer(*HOST_BULK)
+        .defer(*RELATED_HOST_LARGE_FIELDS)
         .get(pk=container.pk)
     )
     if locked.removed_at is not None or locked.desired_state == DesiredState.REMOVED:
@@ -511,7 +509,7 @@ def containers_reconcile(*, now: datetime | None = None) -> dict[str, int]:
         Container.objects.filter(removed_at__isnull=True, host__status="online")
         .exclude(pk__in=list(busy.values_list("target_id", flat=True)))
         .select_related("host", "project", "image")
-        .defer(*HOST_BULK)
+        .defer(*RELATED_HOST_LARGE_FIELDS)
     )
     for c in candidates.filter(desired_state=DesiredState.REMOVED):
         _resend(c, "remove", force=True)

@@ -20,6 +20,8 @@ host_name_validator = RegexValidator(
 # Host columns that can be large (a full inventory decodes in milliseconds): left out with
 # ``defer()`` wherever hosts are loaded in bulk, or beside other rows, and not read.
 HOST_LARGE_FIELDS = ("inventory", "findings")
+# The same, for a host reached through a ``host`` foreign key (with select_related("host")).
+RELATED_HOST_LARGE_FIELDS = tuple(f"host__{name}" for name in HOST_LARGE_FIELDS)
 
 
 class Host(models.Model):

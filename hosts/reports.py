@@ -24,12 +24,17 @@ _HOST_CACHE: dict[str, tuple[float, Host]] = {}
 _HOST_CACHE_TTL = 5.0
 
 
+def _load_host(host_id: str) -> Host | None:
+    """The host a report names, without its large columns (verifying needs only the key)."""
+    return Host.objects.filter(pk=host_id).defer(*HOST_LARGE_FIELDS).first()
+
+
 def _host(host_id: str) -> Host | None:
     hit = _HOST_CACHE.get(host_id)
     now = time.monotonic()
     if hit and now - hit[0] < _HOST_CACHE_TTL:
         return hit[1]
-    host = Host.objects.filter(pk=host_id).defer(*HOST_LARGE_FIELDS).first()
+    host = _load_host(host_id)
     if host is not None:
         _HOST_CACHE[host_id] = (now, host)
     return host
@@ -42,11 +47,7 @@ def verify_report(data: Any, kind: str, *, cached: bool = False) -> tuple[Host, 
     if not isinstance(host_id, str):
         raise ReportRejected("report has no host_id")
     try:
-        host = (
-            _host(host_id)
-            if cached
-            else Host.objects.filter(pk=host_id).defer(*HOST_LARGE_FIELDS).first()
-        )
+        host = _host(host_id) if cached else _load_host(host_id)
     except Exception:
         host = None
     if host is None or not host.public_key:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from hosts.models import HOST_LARGE_FIELDS, Host, Operation
+from hosts.models import RELATED_HOST_LARGE_FIELDS, Host, Operation
 
 
 def host_list() -> QuerySet[Host]:
@@ -17,5 +17,5 @@ def host_get(host_id: str) -> Host:
 
 def operation_list() -> QuerySet[Operation]:
     return Operation.objects.select_related("host", "requested_by").defer(
-        *(f"host__{name}" for name in HOST_LARGE_FIELDS)
+        *RELATED_HOST_LARGE_FIELDS
     )

@@ -395,12 +395,9 @@ def operation_result_apply(host: Host, result: OperationResult) -> Operation | N
     written = operation_transition_fields(op.pk, to, fields)
     if written is not None:
         for name, value in written.items():  # what the compare-and-set wrote: no read back
-            if not hasattr(value, "resolve_expression"):
-                setattr(op, name, value)
-        if isinstance(written.get("progress_done"), Coalesce):
-            op.progress_done = (
-                op.progress_total if op.progress_total is not None else op.progress_done
-            )
+            if isinstance(value, Coalesce):  # progress_done: the total, when one is known
+                value = op.progress_total if op.progress_total is not None else op.progress_done
+            setattr(op, name, value)
     else:
         if to == OperationStatus.FAILED:
             operation_event(

@@ -12,7 +12,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyroute2 import netns
+from pyroute2 import IPRoute, netns
 
 NETNS_DIR = Path("/var/run/netns")
 
@@ -92,3 +92,22 @@ class Lab:
 def echo_server(path: str | None, ip: str, port: int, proto: str = "tcp") -> list[str]:
     argv = [sys.executable, "-c", ECHO_SERVER, ip, str(port), proto]
     return in_netns(path, argv) if path else argv
+
+
+def wire_second_host(lab: Lab) -> str:
+    """Another "host" namespace wired to ours by a veth pair and routed via our side
+    (198.18.0.2 -> 198.18.0.1); its path."""
+    peer = lab.netns("peer")
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=f"crlq{lab.tag}", kind="veth", peer={"ifname": "crlqpeer"})
+        mine = ipr.link_lookup(ifname=f"crlq{lab.tag}")[0]
+        ipr.addr("add", index=mine, address="198.18.0.1", prefixlen=24)
+        ipr.link("set", index=mine, state="up")
+        ipr.link("set", index=ipr.link_lookup(ifname="crlqpeer")[0], net_ns_fd=peer)
+    with IPRoute(netns=peer) as ns:
+        idx = ns.link_lookup(ifname="crlqpeer")[0]
+        ns.addr("add", index=idx, address="198.18.0.2", prefixlen=24)
+        ns.link("set", index=idx, state="up")
+        ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+        ns.route("add", dst="0.0.0.0/0", gateway="198.18.0.1")
+    return peer

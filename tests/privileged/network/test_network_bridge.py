@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from nettest_helpers import Lab, echo_server, talk
+from nettest_helpers import Lab, echo_server, talk, wire_second_host
 from pyroute2 import IPRoute
 
 from agent.network import NetworkError, NetworkManager, links
@@ -85,21 +85,7 @@ def test_published_port_reachable_from_a_second_host_namespace(
 ) -> None:
     nm = manager(lab, tmp_path)
     c1 = lab.netns("c1")
-    # A second "host" wired to ours by a veth pair, routed via our side.
-    peer = lab.netns("peer")
-    with IPRoute() as ipr:
-        ipr.link("add", ifname=f"crlq{lab.tag}", kind="veth", peer={"ifname": "crlqpeer"})
-        mine = ipr.link_lookup(ifname=f"crlq{lab.tag}")[0]
-        ipr.addr("add", index=mine, address="198.18.0.1", prefixlen=24)
-        ipr.link("set", index=mine, state="up")
-        theirs = ipr.link_lookup(ifname="crlqpeer")[0]
-        ipr.link("set", index=theirs, net_ns_fd=peer)
-    with IPRoute(netns=peer) as ns:
-        idx = ns.link_lookup(ifname="crlqpeer")[0]
-        ns.addr("add", index=idx, address="198.18.0.2", prefixlen=24)
-        ns.link("set", index=idx, state="up")
-        ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
-        ns.route("add", dst="0.0.0.0/0", gateway="198.18.0.1")
+    peer = wire_second_host(lab)  # another "host", routed via our side
 
     ports = [
         PortMapping(container_port=80, host_port=8080),

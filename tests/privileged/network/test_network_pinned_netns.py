@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from nettest_helpers import Lab, talk
+from nettest_helpers import Lab, talk, wire_second_host
 from pyroute2 import IPRoute
 
 from agent.containers import ContainerService
@@ -69,21 +69,7 @@ def service(net: ContainerNetworking, tmp_path: Path) -> Iterator[ContainerServi
 
 @pytest.fixture
 def second_host(lab: Lab) -> str:
-    """Another "host" namespace wired to ours by a veth pair (198.18.0.2 -> 198.18.0.1)."""
-    peer = lab.netns("peer")
-    with IPRoute() as ipr:
-        ipr.link("add", ifname=f"crlq{lab.tag}", kind="veth", peer={"ifname": "crlqpeer"})
-        mine = ipr.link_lookup(ifname=f"crlq{lab.tag}")[0]
-        ipr.addr("add", index=mine, address="198.18.0.1", prefixlen=24)
-        ipr.link("set", index=mine, state="up")
-        ipr.link("set", index=ipr.link_lookup(ifname="crlqpeer")[0], net_ns_fd=peer)
-    with IPRoute(netns=peer) as ns:
-        idx = ns.link_lookup(ifname="crlqpeer")[0]
-        ns.addr("add", index=idx, address="198.18.0.2", prefixlen=24)
-        ns.link("set", index=idx, state="up")
-        ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
-        ns.route("add", dst="0.0.0.0/0", gateway="198.18.0.1")
-    return peer
+    return wire_second_host(lab)
 
 
 def spec(command: list[str], **kw: object) -> ContainerSpec:

@@ -38,6 +38,12 @@ def spare_of(zygote: Zygote, timeout: float = 5.0) -> int:
     return pid
 
 
+def runs_to_a_clean_exit(runtime: Runtime, cid: str) -> None:
+    runtime.start(cid)
+    assert runtime.wait(cid, timeout=10) == 0
+    runtime.delete(cid)
+
+
 def test_a_create_takes_the_spare_forked_ahead_of_it(
     zygote: Zygote, runtime: Runtime, make_bundle: BundleFactory, cid: str
 ) -> None:
@@ -45,9 +51,7 @@ def test_a_create_takes_the_spare_forked_ahead_of_it(
     state = zygote.create(runtime.store.root, cid, make_bundle(["/bin/true"]))
     assert state["status"] == "created"
     assert runtime.raw_state(cid)["shim_pid"] == spare
-    runtime.start(cid)
-    assert runtime.wait(cid, timeout=10) == 0
-    runtime.delete(cid)
+    runs_to_a_clean_exit(runtime, cid)
 
 
 def test_a_spare_killed_before_the_create_falls_back_to_a_fork(
@@ -58,9 +62,7 @@ def test_a_spare_killed_before_the_create_falls_back_to_a_fork(
     time.sleep(0.05)
     zygote.create(runtime.store.root, cid, make_bundle(["/bin/true"]))
     assert runtime.raw_state(cid)["shim_pid"] != spare
-    runtime.start(cid)
-    assert runtime.wait(cid, timeout=10) == 0
-    runtime.delete(cid)
+    runs_to_a_clean_exit(runtime, cid)
 
 
 def test_a_bad_config_through_the_spare_leaves_nothing(
