@@ -30,7 +30,17 @@ $(VENV)/.installed-%: requirements.txt requirements-dev.txt agent/requirements.t
 
 venv: $(VENV)/.installed-base
 
-run: $(VENV)/.installed-base
+# The native per-container monitor (see agent/runtime/shim.py): static where libc.a is there,
+# so a bundle built here runs on any host of the architecture. No compiler: containers use the
+# Python monitor, and say so in their state.
+MONITOR := agent/runtime/native/corral-monitor
+$(MONITOR): agent/runtime/native/monitor.c
+	@if command -v cc >/dev/null; then \
+	  cc -O2 -Wall -Wextra -Werror -static -o $@ $< -lm 2>/dev/null || \
+	  cc -O2 -Wall -Wextra -Werror -o $@ $< -lm; \
+	else echo "no C compiler: containers use the Python monitor (apt-get install gcc)"; fi
+
+run: $(VENV)/.installed-base $(MONITOR)
 	@$(PY) deploy/devserver.py
 
 system-packages:
@@ -39,7 +49,7 @@ system-packages:
 services:
 	@bash .ci/services.sh
 
-test: $(VENV)/.installed-dev system-packages services
+test: $(VENV)/.installed-dev system-packages services $(MONITOR)
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) DEBUG=1 \
 	CORRAL_VAR_DIR=$(CURDIR)/var/test SECURE_SSL_REDIRECT=0 \
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

@@ -1,6 +1,15 @@
 """The per-container monitor (like conmon): owns the container's stdio, logs, exit status and
 restart policy.
 
+Once the container is created and its creator told, the shim ``execve``s the native monitor
+(``native/monitor.c``, built to ``native/corral-monitor``) in the same process: the container
+stays its child, and the monitor costs ~0.5 MiB instead of a Python interpreter's ~7 (PSS).
+It writes the same log and an exit record (``exit.json``) that ``StateStore.read`` folds into
+the state. A container with a restart policy keeps this Python monitor (it must spawn the
+process again), as does a host without the binary (no compiler when it was built, another
+architecture: an exec that fails falls back here); ``CORRAL_MONITOR`` names another binary, or
+``python`` to always use this one. The state says which one runs (``monitor``).
+
 It is started by a double fork with ``setsid`` so it is no child of whoever ran ``create`` and
 survives it being killed. It is a child subreaper, so the container's init (forked by stage 1)
 is re-parented to it and it can ``wait`` for it. It writes everything it learns into the state
@@ -27,7 +36,7 @@ from agent.runtime.errors import RuntimeFailure
 from agent.runtime.linux import CLONE_NEWNET, O_PATH, PR_SET_CHILD_SUBREAPER, Linux
 from agent.runtime.process import Launch, Stdio, spawn
 from agent.runtime.scope import SHIM_SLICE, shim_cgroup
-from agent.runtime.state import FIFO, LOG, StateStore, oci_state, proc_start_time
+from agent.runtime.state import EXIT_FILE, FIFO, LOG, StateStore, oci_state, proc_start_time
 
 DEFAULT_LOG_MAX = 10 * 1024 * 1024
 _DRAIN_SECONDS = 0.2
@@ -38,6 +47,17 @@ _OOM_COUNT_WAIT = 0.1
 # never costs a scope at all; until the move the shim stays in its creator's cgroup (the
 # zygote's, or the CLI's).
 SCOPE_DELAY = 0.05
+
+
+NATIVE_MONITOR = os.path.join(os.path.dirname(__file__), "native", "corral-monitor")
+
+
+def native_monitor() -> str | None:
+    """The native monitor binary to exec, or None for the Python loop."""
+    chosen = os.environ.get("CORRAL_MONITOR") or NATIVE_MONITOR
+    if chosen == "python" or not os.access(chosen, os.X_OK):
+        return None
+    return chosen
 
 
 def iso_now(now: float | None = None) -> str:
@@ -226,6 +246,58 @@ class Shim:
         return pid
 
     # --- monitoring ---------------------------------------------------------------------
+    def exec_native(self, binary: str, pid: int) -> None:
+        """Become the native monitor of ``pid`` (returns only if the exec failed: the caller
+        then monitors in Python)."""
+        assert self.log is not None
+        argv = [binary, "--pid", str(pid), "--log", str(self.dir / LOG)]
+        argv += ["--log-max", str(self.log.max_bytes), "--exit-file", str(self.dir / EXIT_FILE)]
+        for fd, stream in self.pipes.items():
+            os.set_inheritable(fd, True)
+            argv += [f"--{stream}-fd", str(fd)]
+        oom_file = self.cgroup.oom_file() if self.cgroup is not None else None
+        if oom_file:
+            argv += ["--oom-file", oom_file, "--oom-base", str(self.oom_seen)]
+        argv += self._native_scope_args()
+        self.log.close()
+        try:
+            os.execv(binary, argv)  # noqa: S606 - our own monitor, by absolute path
+        except OSError as exc:
+            for fd in self.pipes:
+                os.set_inheritable(fd, False)
+            self.log = LogWriter(self.log.path, self.log.max_bytes)
+            note = f"native monitor {binary} failed ({exc.strerror}): monitoring in Python"
+
+            def change(state: dict[str, Any]) -> None:
+                state.update(monitor="python", warnings=[*state.get("warnings", []), note])
+
+            with contextlib.suppress(Exception):
+                self.store.update(self.id, change)
+
+    def _native_scope_args(self) -> list[str]:
+        """The shim's own scope for the native monitor: created here (mkdir is cheap), moved
+        into by the monitor after SCOPE_DELAY and removed by it at the end, as the Python loop
+        does. A systemd scope is a unit, not files: moved into now; systemd removes it once
+        empty."""
+        try:
+            from agent.runtime.cgroups import new_manager
+
+            mgr = new_manager(shim_cgroup(self.id))
+            mgr.create()
+            dirs = mgr.dirs()
+            if dirs is None:
+                mgr.apply(os.getpid())
+                return []
+            slice_dirs = new_manager(SHIM_SLICE).dirs() or []
+        except Exception:
+            return []  # as the Python loop: the monitor keeps working where it is
+        args = ["--scope-delay-ms", str(round(SCOPE_DELAY * 1000))]
+        for path in dict.fromkeys(os.path.realpath(d) for d in dirs):
+            args += ["--scope-procs", f"{path}/cgroup.procs", "--scope-dir", path]
+        for path in dict.fromkeys(os.path.realpath(d) for d in slice_dirs):
+            args += ["--slice-procs", f"{path}/cgroup.procs"]
+        return args
+
     def monitor(self, pid: int) -> NoReturn:
         """Log output, record exits, restart per policy; exit when the container is done."""
         self.scope_due = time.monotonic() + SCOPE_DELAY
@@ -436,6 +508,7 @@ def run_shim(
             shim.detach(result_fd, *preserve_fds)
         pid = shim.create()
         start_time = proc_start_time(pid)
+        native = native_monitor() if config.restart.name == "no" else None
         state = {
             "ociVersion": "1.0.2",
             "id": container_id,
@@ -452,6 +525,7 @@ def run_shim(
             "exit_code": None,
             "start_timings": [*shim.timings, *process_mod.LAST_TIMINGS],
             "warnings": list(process_mod.LAST_WARNINGS),
+            "monitor": "native" if native else "python",
         }
         store.write(container_id, state)
         # The OCI state comes along, so the caller need not read back what we just wrote.
@@ -469,6 +543,8 @@ def run_shim(
             os.write(result_fd, json.dumps({"error": failure.to_dict()}).encode() + b"\n")
         os._exit(1)
     try:
+        if native:
+            shim.exec_native(native, pid)
         shim.monitor(pid)
     except BaseException as exc:  # nobody sees our stderr: leave the reason in the log
         if shim.log is not None:

@@ -34,6 +34,9 @@ OCI_VERSION = "1.0.2"
 STATE_FILE = "state.json"
 FIFO = "exec.fifo"
 LOG = "ctr.log"
+# Written by the native monitor when the container's process exits (it cannot take part in
+# the read-modify-write of state.json); folded into the state by StateStore.read.
+EXIT_FILE = "exit.json"
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-+")
 
 
@@ -112,10 +115,13 @@ class StateStore:
         return (self.dir(container_id) / STATE_FILE).exists()
 
     def read(self, container_id: str) -> dict[str, Any]:
+        path = self.dir(container_id)
         try:
-            data: dict[str, Any] = json.loads((self.dir(container_id) / STATE_FILE).read_text())
+            data: dict[str, Any] = json.loads((path / STATE_FILE).read_text())
         except FileNotFoundError:
             raise ContainerNotFound(container_id) from None
+        if data.get("exit_code") is None and data.get("status") in ("created", "running"):
+            fold_exit_record(data, path / EXIT_FILE)
         return data
 
     def write(self, container_id: str, state: dict[str, Any]) -> None:
@@ -167,6 +173,22 @@ class StateStore:
             import shutil
 
             shutil.rmtree(path, ignore_errors=True)
+
+
+def fold_exit_record(state: dict[str, Any], path: Path) -> None:
+    """The native monitor's exit record, if it wrote one, into ``state``: what the Python
+    monitor writes into state.json itself (``stopped``, exit code, time, OOM kill)."""
+    try:
+        record = json.loads(path.read_text())
+        stopped = {
+            "status": "stopped",
+            "exit_code": int(record["exit_code"]),
+            "finished_at": float(record["finished_at"]),
+            "oom_killed": bool(record.get("oom_killed", False)),
+        }
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return  # none yet (renamed into place whole, so never a torn one)
+    state.update(stopped)
 
 
 def live_status(state: dict[str, Any]) -> str:

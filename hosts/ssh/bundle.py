@@ -11,6 +11,7 @@ import hashlib
 import io
 import logging
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -29,6 +30,9 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AGENT_DIR = REPO_ROOT / "agent"
 DEPLOY_DIR = REPO_ROOT / "deploy"
+# The native container monitor, when `make` built it (static: it runs on any host of this
+# machine's architecture).
+NATIVE_MONITOR = AGENT_DIR / "runtime" / "native" / "corral-monitor"
 SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
 ARCHES = {"x86_64", "aarch64", "ppc64le", "s390x"}
 
@@ -164,7 +168,10 @@ def build(*, python: str, arch: str, glibc: tuple[int, int]) -> Bundle:
     wheels = wheelhouse(python=python, arch=arch, glibc=glibc)
     members: list[tuple[str, bytes, int]] = []
     for path in _agent_files():
-        members.append((f"lib/agent/{path.relative_to(AGENT_DIR)}", path.read_bytes(), 0o644))
+        if path == NATIVE_MONITOR and arch != platform.machine():
+            continue  # built for this machine: the target's shims monitor in Python instead
+        mode = 0o755 if path == NATIVE_MONITOR else 0o644
+        members.append((f"lib/agent/{path.relative_to(AGENT_DIR)}", path.read_bytes(), mode))
     members.append(("requirements.txt", (AGENT_DIR / "requirements.txt").read_bytes(), 0o644))
     for wheel in sorted(wheels.glob("*.whl")):
         members.append((f"wheelhouse/{wheel.name}", wheel.read_bytes(), 0o644))

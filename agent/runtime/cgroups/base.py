@@ -204,6 +204,17 @@ class Manager(abc.ABC):
         the rest of :meth:`stats` would be files read for nothing."""
         return self.stats().oom_kill
 
+    def oom_file(self) -> str | None:
+        """The file (``key value`` lines) whose ``oom_kill`` line :meth:`oom_kills` reads,
+        for a reader that is not Python (the native monitor); None where there is none."""
+        return None
+
+    def dirs(self) -> list[str] | None:
+        """Every directory of the cgroup, one per hierarchy, for a process that moves itself
+        in by writing ``cgroup.procs`` (the native monitor); None when the cgroup is not
+        plain files (systemd's units: move with :meth:`apply`)."""
+        return None
+
     @abc.abstractmethod
     def pids(self) -> list[int]:
         """Every process in the cgroup and below it, sorted."""

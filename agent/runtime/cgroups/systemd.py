@@ -213,6 +213,9 @@ class SystemdManager(Manager):
     def oom_kills(self) -> int:
         return self.files.oom_kills()
 
+    def oom_file(self) -> str | None:
+        return self.files.oom_file()
+
     def pids(self) -> list[int]:
         return self.files.pids()
 

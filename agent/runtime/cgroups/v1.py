@@ -220,6 +220,12 @@ class V1Manager(Manager):
             "oom_kill", 0
         )
 
+    def oom_file(self) -> str | None:
+        return self.fs.abspath(f"memory{self.cgroups_path}/memory.oom_control")
+
+    def dirs(self) -> list[str] | None:
+        return [self.fs.abspath(self._rel(c)) for c in self._mounted()]
+
     def pids(self) -> list[int]:
         controller = "pids" if self.fs.exists("pids") else "memory"
         return sorted(_procs_recursive(self.fs, self._rel(controller)))

@@ -184,6 +184,12 @@ class V2Manager(Manager):
     def oom_kills(self) -> int:
         return self.fs.read_keyed(f"{self._rel}/memory.events").get("oom_kill", 0)
 
+    def oom_file(self) -> str | None:
+        return self.fs.abspath(f"{self._rel}/memory.events")
+
+    def dirs(self) -> list[str] | None:
+        return [self.fs.abspath(self._rel)]
+
     def pids(self) -> list[int]:
         return sorted(_procs_recursive(self.fs, self._rel))
 
