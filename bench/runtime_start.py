@@ -186,10 +186,17 @@ def monitor_rss(base: Path, bundle: Path, zygote: Zygote) -> None:
     rt = Runtime(root)
     zygote.create(root, "rss", sleeper)
     rt.start("rss")
-    ours = rss_kib(int(rt.raw_state("rss")["shim_pid"]))
+    state = rt.raw_state("rss")
+    shim = int(state["shim_pid"])
+    if state.get("monitor") == "native":  # the shim execs the monitor once it has reported
+        deadline = time.monotonic() + 5
+        while "python" in os.readlink(f"/proc/{shim}/exe") and time.monotonic() < deadline:
+            time.sleep(0.01)
+    ours = rss_kib(shim)
     conmon = conmon_rss(base, sleeper)
     rt.delete("rss", force=True)
-    print(f"monitor RSS: corral shim {ours[0]} KiB (PSS {ours[1]} KiB)", end="")
+    kind = state.get("monitor", "python")
+    print(f"monitor RSS: corral {kind} monitor {ours[0]} KiB (PSS {ours[1]} KiB)", end="")
     if conmon:
         print(
             f" | conmon {conmon[0]} KiB (PSS {conmon[1]} KiB)"

@@ -25,6 +25,7 @@ import json
 import os
 import select
 import signal
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +51,13 @@ SCOPE_DELAY = 0.05
 
 
 NATIVE_MONITOR = os.path.join(os.path.dirname(__file__), "native", "corral-monitor")
+_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# What the native monitor execs on an exit its restart policy may restart (-S: the runtime
+# needs only the standard library; the package root goes on sys.path by hand).
+_RESUME_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from agent.runtime.shim import resume_main; resume_main(sys.argv[2:])"
+)
 
 
 def native_monitor() -> str | None:
@@ -259,11 +267,18 @@ class Shim:
         if oom_file:
             argv += ["--oom-file", oom_file, "--oom-base", str(self.oom_seen)]
         argv += self._native_scope_args()
+        if self.config.restart.name != "no":
+            # An exit the policy may restart: the monitor execs this module again (resume).
+            for fd in self.extra_fds:
+                os.set_inheritable(fd, True)
+            argv += ["--resume-on", "always" if self.config.restart.name == "always" else "failure"]
+            argv += ["--", sys.executable, "-S", "-c", _RESUME_BOOT, _PKG_ROOT]
+            argv += [str(self.store.root), self.id, ",".join(map(str, self.extra_fds))]
         self.log.close()
         try:
             os.execv(binary, argv)  # noqa: S606 - our own monitor, by absolute path
         except OSError as exc:
-            for fd in self.pipes:
+            for fd in (*self.pipes, *self.extra_fds):
                 os.set_inheritable(fd, False)
             self.log = LogWriter(self.log.path, self.log.max_bytes)
             note = f"native monitor {binary} failed ({exc.strerror}): monitoring in Python"
@@ -410,20 +425,44 @@ class Shim:
 
         def change(state: dict[str, Any]) -> None:
             state.update(status="stopped", exit_code=code, finished_at=time.time(), oom_killed=oom)
-            policy = self.config.restart
-            count = int(state.get("restart_count", 0))
-            if state.get("stop_requested") or state.get("start_requested") is False:
-                return
-            if policy.name == "always":
-                decision["restart"] = True
-            elif policy.name == "on-failure" and code != 0:
-                decision["restart"] = not policy.max_retries or count < policy.max_retries
+            decision["restart"] = self._wants_restart(state)
 
         try:
             self.store.update(self.id, change)
         except (FileNotFoundError, LookupError):
             return False  # deleted while running
         return decision["restart"]
+
+    def _wants_restart(self, state: dict[str, Any]) -> bool:
+        """The restart policy's verdict on the exit ``state`` records."""
+        if state.get("stop_requested") or state.get("start_requested") is False:
+            return False
+        policy = self.config.restart
+        count = int(state.get("restart_count", 0))
+        if policy.name == "always":
+            return True
+        if policy.name == "on-failure" and state.get("exit_code") != 0:
+            return not policy.max_retries or count < policy.max_retries
+        return False
+
+    def resume(self) -> int:
+        """After the native monitor saw the process exit (and exec'd us): fold its exit
+        record into state.json for good, then restart per policy; the new pid, or 0."""
+        decision = {"restart": False}
+
+        def change(state: dict[str, Any]) -> None:  # read() folded the record in
+            decision["restart"] = state.get("status") == "stopped" and self._wants_restart(state)
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / EXIT_FILE).unlink()
+
+        try:
+            self.store.update(self.id, change)
+        except (FileNotFoundError, LookupError):
+            return 0  # deleted meanwhile
+        if self.cgroup is not None:
+            with contextlib.suppress(Exception):
+                self.oom_seen = int(self.cgroup.oom_kills())
+        return self._restart() if decision["restart"] else 0
 
     def _oom_killed(self) -> bool:
         if self.cgroup is None:
@@ -508,7 +547,7 @@ def run_shim(
             shim.detach(result_fd, *preserve_fds)
         pid = shim.create()
         start_time = proc_start_time(pid)
-        native = native_monitor() if config.restart.name == "no" else None
+        native = native_monitor() if console_socket is None else None
         state = {
             "ociVersion": "1.0.2",
             "id": container_id,
@@ -549,5 +588,40 @@ def run_shim(
     except BaseException as exc:  # nobody sees our stderr: leave the reason in the log
         if shim.log is not None:
             shim.log.write("shim", f"corral-shim: monitor failed: {exc!r}\n".encode())
+            shim.log.flush()
+        os._exit(1)
+
+
+def resume_main(args: list[str]) -> NoReturn:
+    """Entry point of a shim the native monitor exec'd after an exit: ``ROOT ID FDS`` (FDS:
+    the comma-separated fds kept for every run of the process). Restarts the process per
+    policy and becomes its monitor again; exits when the policy is done with it."""
+    from agent.runtime.config import load_config
+    from agent.runtime.linux import LINUX
+
+    root, container_id, fds = args
+    store = StateStore(root)
+    try:
+        config = load_config(store.read(container_id)["bundle"])
+    except Exception:
+        os._exit(1)  # deleted meanwhile, or its bundle is gone: the exit stays recorded
+    shim = Shim(LINUX, store, container_id, config)
+    shim.extra_fds = tuple(int(fd) for fd in fds.split(",") if fd)
+    try:
+        shim.cgroup = cgroup_manager(config)
+        shim._join_network_namespace()  # we are in it already: this drops it from the config
+        max_bytes = int(config.annotations.get("run.corral.log.max-bytes", DEFAULT_LOG_MAX))
+        shim.log = LogWriter(shim.dir / LOG, max_bytes)
+        pid = shim.resume()
+        if not pid:
+            shim.log.close()
+            os._exit(0)
+        native = native_monitor()
+        if native:
+            shim.exec_native(native, pid)
+        shim.monitor(pid)
+    except BaseException as exc:
+        if shim.log is not None:
+            shim.log.write("shim", f"corral-shim: resume failed: {exc!r}\n".encode())
             shim.log.flush()
         os._exit(1)

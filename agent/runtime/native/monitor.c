@@ -17,7 +17,9 @@
  *     (--slice-procs) and removes the scope (--scope-dir);
  *   - when the init exits (output drained for up to 0.2 s), the exit is written atomically to
  *     --exit-file as {"exit_code", "finished_at", "oom_killed"}; StateStore.read folds it into
- *     the container's state. Exit code by shell convention: 128 + signal for a kill.
+ *     the container's state. Exit code by shell convention: 128 + signal for a kill;
+ *   - with --resume-on always|failure, an exit the restart policy may restart execs what
+ *     follows "--" (the Python shim's resume: it restarts the process and execs us again).
  *
  * No allocation on the hot path but the per-stream line buffers; no dependencies beyond libc.
  */
@@ -397,13 +399,15 @@ int main(int argc, char **argv)
 		{"oom-file", required_argument, 0, 'f'},   {"oom-base", required_argument, 0, 'b'},
 		{"scope-delay-ms", required_argument, 0, 'd'},
 		{"scope-procs", required_argument, 0, 's'}, {"slice-procs", required_argument, 0, 'S'},
-		{"scope-dir", required_argument, 0, 'D'},  {0, 0, 0, 0},
+		{"scope-dir", required_argument, 0, 'D'},  {"resume-on", required_argument, 0, 'r'},
+		{0, 0, 0, 0},
 	};
 	pid_t init = 0;
 	const char *exit_file = NULL, *oom_file = NULL;
 	long long oom_base = 0, scope_delay = 50;
 	const char *scope_procs[MAX_LIST], *slice_procs[MAX_LIST], *scope_dirs[MAX_LIST];
 	int n_scope = 0, n_slice = 0, n_dirs = 0;
+	const char *resume_on = NULL; /* "always" or "failure": exec the rest of argv then */
 	struct stream streams[2] = {{"stdout", -1, 0, 0, 0, 0}, {"stderr", -1, 0, 0, 0, 0}};
 	int opt;
 	while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
@@ -420,6 +424,7 @@ int main(int argc, char **argv)
 		case 's': if (n_scope < MAX_LIST) scope_procs[n_scope++] = optarg; break;
 		case 'S': if (n_slice < MAX_LIST) slice_procs[n_slice++] = optarg; break;
 		case 'D': if (n_dirs < MAX_LIST) scope_dirs[n_dirs++] = optarg; break;
+		case 'r': resume_on = optarg; break;
 		default: die("usage: see agent/runtime/native/monitor.c");
 		}
 	}
@@ -508,6 +513,12 @@ int main(int argc, char **argv)
 			unlink(tmp);
 	}
 	close(log_fd);
+	if (resume_on && optind < argc && (strcmp(resume_on, "always") == 0 || code != 0)) {
+		/* The restart policy may want another run: the Python shim decides (stop requested,
+		 * retries left), spawns it and execs us again. We stay in our scope meanwhile. */
+		execv(argv[optind], argv + optind);
+		fprintf(stderr, "corral-monitor: exec %s: %s\n", argv[optind], strerror(errno));
+	}
 	if (moved)
 		write_pid_to(slice_procs, n_slice);
 	for (int i = 0; i < n_dirs; i++)

@@ -185,12 +185,66 @@ def test_python_monitor_when_asked_or_when_the_binary_cannot_run(
     assert "still-logged" in (runtime.store.dir(cid) / "ctr.log").read_text()
 
 
-def test_a_container_with_a_restart_policy_keeps_the_python_monitor(
+@needs_native
+def test_restart_policies_run_through_the_native_monitor_and_a_python_resume(
     runtime: Runtime, make_bundle: BundleFactory, cid: str
 ) -> None:
-    bundle = make_bundle(["/bin/sleep", "30"], annotations={"run.corral.restart": "always"})
+    """on-failure:2: three runs, each watched by the native monitor; each exit execs the
+    Python shim (resume), which restarts and execs the monitor again; a stop ends it."""
+    bundle = make_bundle(
+        ["/bin/sh", "-c", "echo run; sleep 0.3; exit 3"],
+        annotations={"run.corral.restart": "on-failure:2"},
+    )
     runtime.create(cid, bundle)
     runtime.start(cid)
-    state = runtime.raw_state(cid)
-    assert state["monitor"] == "python"
-    assert b"python" in Path(f"/proc/{state['shim_pid']}/cmdline").read_bytes()
+    native = os.path.realpath(shim_mod.NATIVE_MONITOR)
+    shim = int(runtime.raw_state(cid)["shim_pid"])
+    seen_counts = set()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        state = runtime.raw_state(cid)
+        if state.get("restart_count") == 2 and state.get("exit_code") == 3:
+            break
+        if state["status"] == "running" and proc_exe(shim) == native:
+            seen_counts.add(state.get("restart_count"))
+        time.sleep(0.01)
+    assert state["restart_count"] == 2 and state["status"] == "stopped"
+    assert seen_counts >= {1, 2}, seen_counts  # the restarted runs had the native monitor
+    log = (runtime.store.dir(cid) / "ctr.log").read_text()
+    assert log.count('"run\\n"') == 3
+    # The last exit went through the resume too (it may restart): it folded the record into
+    # state.json for good and found no retry left.
+    deadline = time.monotonic() + 5
+    while proc_exe(shim) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not proc_exe(shim)
+    assert not (runtime.store.dir(cid) / EXIT_FILE).exists()
+    on_disk = json.loads((runtime.store.dir(cid) / "state.json").read_text())
+    assert (on_disk["status"], on_disk["exit_code"]) == ("stopped", 3)
+
+    always = f"{cid}-a"
+    runtime.create(
+        always, make_bundle(["/bin/sleep", "0.2"], annotations={"run.corral.restart": "always"})
+    )
+    try:
+        runtime.start(always)
+        deadline = time.monotonic() + 10
+        while runtime.raw_state(always).get("restart_count", 0) < 1:
+            assert time.monotonic() < deadline, "never restarted"
+            time.sleep(0.02)
+        runtime.request_stop(always)
+        runtime.kill(always, "KILL")
+        assert runtime.wait(always, timeout=10) == 137
+        count = runtime.raw_state(always)["restart_count"]
+        time.sleep(0.6)  # a restart would have come by now (backoff 0.1-0.2 s)
+        assert runtime.raw_state(always)["restart_count"] == count
+        assert runtime.raw_state(always)["status"] == "stopped"
+    finally:
+        runtime.delete(always, force=True)
+
+
+def proc_exe(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
