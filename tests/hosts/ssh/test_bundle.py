@@ -3,6 +3,7 @@ exact Python, including dependencies whose markers only the target's version sat
 
 from __future__ import annotations
 
+import platform
 import tarfile
 from typing import Any
 
@@ -46,3 +47,14 @@ def test_unknown_architecture_is_refused() -> None:
 
     with pytest.raises(SSHError, match="unsupported architecture 'sparc'"):
         bundle.wheelhouse(python="3.11.2", arch="sparc", glibc=(2, 36))
+
+
+def test_bundle_carries_the_native_monitor_executable_for_this_architecture() -> None:
+    if not bundle.NATIVE_MONITOR.exists():
+        pytest.skip("the native monitor is not built (make agent/runtime/native/corral-monitor)")
+    built = bundle.build(python="3.11.2", arch=platform.machine(), glibc=(2, 36))
+    with tarfile.open(built.path) as tar:
+        member = tar.getmember("lib/agent/runtime/native/corral-monitor")
+        source = tar.getmember("lib/agent/runtime/native/monitor.c")
+    assert member.mode == 0o755 and member.size == bundle.NATIVE_MONITOR.stat().st_size
+    assert source.mode == 0o644
