@@ -281,7 +281,11 @@ def test_memory_limit_oom_kill_is_reported(
     runtime.create(cid, bundle)
     runtime.start(cid)
     assert runtime.wait(cid, timeout=20) == 137
-    assert runtime.raw_state(cid)["oom_killed"] is True
+    state = runtime.raw_state(cid)
+    assert state["oom_killed"] is True
+    if state["monitor"] == "native":  # it came through the native monitor's exit record
+        record = json.loads((runtime.store.dir(cid) / "exit.json").read_text())
+        assert record == {"exit_code": 137, "finished_at": state["finished_at"], "oom_killed": True}
 
 
 def test_pids_limit_is_enforced(runtime: Runtime, make_bundle: BundleFactory, cid: str) -> None:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from runtime_helpers import CGROUP_PARENT, BundleFactory
+from runtime_helpers import BundleFactory
 
 from agent.runtime import shim as shim_mod
 from agent.runtime.runtime import Runtime
@@ -57,29 +57,6 @@ def test_a_running_container_is_watched_by_the_native_monitor(
     runtime.kill(cid, "KILL")
     assert runtime.wait(cid, timeout=10) == 137
     assert runtime.raw_state(cid)["status"] == "stopped"
-
-
-@needs_native
-def test_exit_code_time_and_oom_come_back_through_the_exit_record(
-    runtime: Runtime, make_bundle: BundleFactory, cid: str
-) -> None:
-    bundle = make_bundle(
-        ["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
-        linux={
-            "cgroupsPath": f"{CGROUP_PARENT}/{cid}",
-            "resources": {"memory": {"limit": 16 * 1024 * 1024}},
-        },
-    )
-    runtime.create(cid, bundle)
-    runtime.start(cid)
-    assert runtime.wait(cid, timeout=20) == 137
-    record = json.loads((runtime.store.dir(cid) / EXIT_FILE).read_text())
-    assert record["exit_code"] == 137 and record["oom_killed"] is True
-    state = runtime.raw_state(cid)
-    assert state["oom_killed"] is True and state["finished_at"] == record["finished_at"]
-    # state.json itself still says running: the record is folded in on every read.
-    on_disk = json.loads((runtime.store.dir(cid) / "state.json").read_text())
-    assert on_disk.get("exit_code") is None
 
 
 def test_an_exit_record_is_folded_into_the_state_only_while_it_runs(tmp_path: Path) -> None:
