@@ -1,4 +1,5 @@
-"""Parse and validate an OCI runtime ``config.json`` into frozen dataclasses.
+"""Parse and validate an OCI runtime ``config.json`` into frozen records
+(:mod:`agent.runtime.record`, dataclasses without their import cost).
 
 Validation happens here, before anything touches the host: a list of small checks, each raising
 :class:`ConfigError` naming the offending field (``process.args``, ``mounts[2].destination``).
@@ -11,12 +12,15 @@ from __future__ import annotations
 import json
 import re
 import resource
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from agent.runtime.errors import ConfigError
 from agent.runtime.linux import NAMESPACE_FLAGS
+from agent.runtime.record import field, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Capability numbers (linux/capability.h); the order is the kernel's.
 CAPABILITIES: tuple[str, ...] = (
@@ -44,7 +48,7 @@ ROOTFS_PROPAGATIONS = ("private", "rprivate", "slave", "rslave", "shared", "rsha
 _RESTART_RE = re.compile(r"no|always|on-failure(:[0-9]+)?")
 
 
-@dataclass(frozen=True)
+@record
 class Mount:
     destination: str
     type: str
@@ -52,27 +56,27 @@ class Mount:
     options: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class Namespace:
     type: str
     path: str | None = None
 
 
-@dataclass(frozen=True)
+@record
 class IdMap:
     container_id: int
     host_id: int
     size: int
 
 
-@dataclass(frozen=True)
+@record
 class Rlimit:
     type: str
     soft: int
     hard: int
 
 
-@dataclass(frozen=True)
+@record
 class Capabilities:
     bounding: tuple[str, ...] = ()
     effective: tuple[str, ...] = ()
@@ -81,7 +85,7 @@ class Capabilities:
     ambient: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class Process:
     args: tuple[str, ...]
     env: tuple[str, ...] = ()
@@ -96,27 +100,27 @@ class Process:
     terminal: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class SeccompRule:
     names: tuple[str, ...]
     action: str
     errno: int
 
 
-@dataclass(frozen=True)
+@record
 class Seccomp:
     default_action: str
     default_errno: int
     rules: tuple[SeccompRule, ...]
 
 
-@dataclass(frozen=True)
+@record
 class RestartPolicy:
     name: str = "no"
     max_retries: int = 0
 
 
-@dataclass(frozen=True)
+@record
 class Config:
     """A validated OCI config, with ``root_path`` made absolute against the bundle."""
 

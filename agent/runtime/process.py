@@ -22,13 +22,12 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
-from typing import Any, NoReturn, Protocol
 
 from agent.runtime import namespaces
 from agent.runtime.config import Config
 from agent.runtime.errors import RuntimeFailure
 from agent.runtime.linux import CLONE_NEWCGROUP, CLONE_NEWUSER, PR_SET_CHILD_SUBREAPER, Linux
+from agent.runtime.record import record
 from agent.runtime.rootfs import Rootfs
 from agent.runtime.security import (
     apply_process_security,
@@ -37,6 +36,15 @@ from agent.runtime.security import (
     seccomp_available,
 )
 from agent.runtime.terminal import become_terminal_stdio, open_pty, send_console
+
+# Names for type checkers only: importing typing costs milliseconds on every CLI start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn, Protocol
+
+    class CgroupLike(Protocol):
+        def apply(self, pid: int) -> None: ...
+
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SYNC_TIMEOUT = 30.0
@@ -48,11 +56,7 @@ LAST_TIMINGS: list[tuple[str, float]] = []
 LAST_WARNINGS: list[str] = []
 
 
-class CgroupLike(Protocol):
-    def apply(self, pid: int) -> None: ...
-
-
-@dataclass(frozen=True)
+@record
 class Stdio:
     """File descriptors the container process gets as 0, 1 and 2."""
 
@@ -89,7 +93,7 @@ class Sync:
         self.sock.close()
 
 
-@dataclass(frozen=True)
+@record
 class Launch:
     """What to start. ``exec_fifo_fd`` is an O_PATH fd of the OCI exec fifo (None: exec at
     once). ``join_only`` is for ``exec``: enter a running container's namespaces, no rootfs."""

@@ -375,10 +375,9 @@ class Runtime:
         stdio: Stdio | None = None,
     ) -> int:
         """Run another process in a running container's namespaces and cgroup; its exit code."""
-        import dataclasses
-
         from agent.runtime.config import Namespace, Process, load_config
         from agent.runtime.process import Launch, Stdio, spawn
+        from agent.runtime.record import replace
         from agent.runtime.shim import cgroup_manager, exit_code_of
 
         state = self.store.read(container_id)
@@ -390,14 +389,14 @@ class Runtime:
             Namespace(ns.type, f"/proc/{pid}/ns/{NAMESPACE_PROC_NAMES[ns.type]}")
             for ns in config.namespaces
         )
-        process: Process = dataclasses.replace(
+        process: Process = replace(
             config.process,
             args=tuple(args),
             env=tuple(env) if env is not None else config.process.env,
             cwd=cwd or config.process.cwd,
             terminal=False,  # an exec'd process uses the caller's stdio
         )
-        exec_config = dataclasses.replace(config, namespaces=joined, process=process)
+        exec_config = replace(config, namespaces=joined, process=process)
         cgroup = cgroup_manager(config)
         launch = Launch(exec_config, stdio or Stdio(0, 1, 2), join_only=True)
         child = spawn(self.linux, launch, cgroup)

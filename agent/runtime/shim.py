@@ -10,7 +10,6 @@ directory, which is how ``state``, ``delete`` and the agent (after a restart) fi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import json
 import os
@@ -26,6 +25,7 @@ from agent.runtime.config import Config
 from agent.runtime.errors import RuntimeFailure
 from agent.runtime.linux import CLONE_NEWNET, O_PATH, PR_SET_CHILD_SUBREAPER, Linux
 from agent.runtime.process import Launch, Stdio, spawn
+from agent.runtime.record import replace
 from agent.runtime.scope import SHIM_SLICE, shim_cgroup
 from agent.runtime.state import FIFO, LOG, StateStore, oci_state, proc_start_time
 
@@ -192,7 +192,7 @@ class Shim:
         finally:
             os.close(fd)
         kept = tuple(n for n in self.config.namespaces if n.type != "network")
-        self.config = dataclasses.replace(self.config, namespaces=kept)
+        self.config = replace(self.config, namespaces=kept)
 
     def _make_cgroup(self) -> Any:
         mgr = cgroup_manager(self.config)
