@@ -17,7 +17,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
-    from typing import Any
+    from typing import Any, NoReturn
 
     from agent.runtime.runtime import Runtime
 
@@ -207,6 +207,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
 
 
+def run() -> NoReturn:
+    """The command's entry point (``python -m agent.runtime``, the console script): ``main``,
+    then an exit that skips the interpreter's teardown, ~4 ms of a ~40 ms CLI ``run`` that
+    would only free memory the kernel frees anyway. What is buffered is flushed first."""
+    code = main()
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        sys.exit(code)  # let the interpreter report the failed write as it would
+    os._exit(code)
+
+
 def _dispatch(rt: Runtime, args: Any) -> int:
     import json
 
@@ -246,4 +261,4 @@ def _dispatch(rt: Runtime, args: Any) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
