@@ -94,3 +94,33 @@ def test_output_and_status_survive_the_exit_that_skips_teardown(tmp_path: Path) 
     done = subprocess.run([*cli, "state", "c2"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.startswith("corral-runtime: ")
+
+
+def test_the_create_path_imports_no_dataclasses_typing_or_datetime(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "ociVersion": "1.0.2",
+                "process": {"args": ["/bin/true"]},
+                "root": {"path": "rootfs"},
+                "linux": {"namespaces": [{"type": "mount"}]},
+            }
+        )
+    )
+    code = (
+        "import sys, agent.runtime.cli, agent.runtime.runtime, agent.runtime.shim, "
+        "agent.runtime.report, agent.runtime.terminal; "
+        "from agent.runtime.config import load_config; "
+        f"assert load_config({str(tmp_path)!r}).process.args == ('/bin/true',); "
+        "print(sorted(sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(REPO)!r}); {code}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded = set(eval(done.stdout))  # noqa: S307 - our own subprocess printed a list
+    assert "agent.runtime.process" in loaded
+    slow = {"argparse", "typing", "dataclasses", "inspect", "datetime", "logging"}
+    assert not (slow | {"agent.runtime.cgroups"}) & loaded
