@@ -513,6 +513,7 @@ CLI_RUN_NEVER_IMPORTS = {
     "typing",
     "datetime",
     "logging",
+    "socket",  # the sync channel uses _socket; socket.py only for a console socket
     "agent.runtime.cgroups",  # a bundle without cgroupsPath needs no cgroup driver
 }
 
