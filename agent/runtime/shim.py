@@ -16,7 +16,6 @@ import os
 import select
 import signal
 import time
-from pathlib import Path
 
 from agent.runtime import process as process_mod
 from agent.runtime.config import Config
@@ -58,7 +57,7 @@ class LogWriter:
     """JSON-lines log (``{"time", "ts", "stream", "log"}``), rotated to ``.1`` when it
     grows past ``max_bytes``."""
 
-    def __init__(self, path: Path, max_bytes: int = DEFAULT_LOG_MAX) -> None:
+    def __init__(self, path: str, max_bytes: int = DEFAULT_LOG_MAX) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.partial: dict[str, bytes] = {}
@@ -93,7 +92,7 @@ class LogWriter:
         os.write(self.fd, (json.dumps(record) + "\n").encode())
         if os.fstat(self.fd).st_size > self.max_bytes:
             os.close(self.fd)
-            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            os.replace(self.path, f"{self.path}.1")
             self.fd = self._open()
 
     def close(self) -> None:
@@ -151,7 +150,7 @@ class Shim:
         self.store = store
         self.id = container_id
         self.config = config
-        self.dir = store.dir(container_id)
+        self.dir = store.path(container_id)
         self.cgroup: Any = None
         self.log: LogWriter | None = None
         self.oom_seen = 0
@@ -172,8 +171,8 @@ class Shim:
         self.timings.append(("shim.cgroup", round((time.perf_counter() - started) * 1000, 3)))
         self._join_network_namespace()
         max_bytes = int(self.config.annotations.get("run.corral.log.max-bytes", DEFAULT_LOG_MAX))
-        self.log = LogWriter(self.dir / LOG, max_bytes)
-        fifo_fd = os.open(self.dir / FIFO, O_PATH | os.O_CLOEXEC)
+        self.log = LogWriter(os.path.join(self.dir, LOG), max_bytes)
+        fifo_fd = os.open(os.path.join(self.dir, FIFO), O_PATH | os.O_CLOEXEC)
         started = time.perf_counter()
         try:
             pid = self._spawn(fifo_fd)

@@ -514,6 +514,7 @@ CLI_RUN_NEVER_IMPORTS = {
     "datetime",
     "logging",
     "socket",  # the sync channel uses _socket; socket.py only for a console socket
+    "pathlib",  # the state store and the config loader work on strings
     "agent.runtime.cgroups",  # a bundle without cgroupsPath needs no cgroup driver
 }
 
