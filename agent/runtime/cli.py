@@ -193,7 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agent.runtime.errors import ConfigError, ContainerNotFound, RuntimeFailure
     from agent.runtime.runtime import Runtime
 
-    rt = Runtime(args.root) if args.root else Runtime()
+    # One fork, not two: this process exits right after ``create`` (``run``: right after the
+    # shim), so the shim is its child only briefly and then anyone's a double fork gives it
+    # to; the middle process's fork and exit cost ~1-3 ms.
+    rt = Runtime(args.root, double_fork=False) if args.root else Runtime(double_fork=False)
     try:
         return _dispatch(rt, args)
     except ConfigError as exc:

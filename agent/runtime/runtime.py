@@ -70,8 +70,8 @@ class Runtime:
     ) -> None:
         self.store = StateStore(root)
         self.linux = linux
-        # The zygote forks shims once and reaps them itself; a CLI double-forks so the shim
-        # is nobody's child.
+        # The zygote forks shims once and reaps them itself; a long-lived caller double-forks
+        # so the shim is nobody's child (the CLI, about to exit, forks once).
         self.double_fork = double_fork
 
     # --- create / start -----------------------------------------------------------------
