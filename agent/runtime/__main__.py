@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
+from agent.runtime.cli import run
 
-from agent.runtime.cli import main
-
-sys.exit(main())
+run()

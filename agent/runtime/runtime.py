@@ -15,7 +15,6 @@ import os
 import select
 import signal
 import time
-from pathlib import Path
 
 from agent.runtime.errors import ConfigError, ContainerNotFound, RuntimeFailure
 from agent.runtime.linux import LINUX, NAMESPACE_PROC_NAMES, Linux
@@ -37,6 +36,7 @@ from agent.runtime.state import (
 # ``delete`` from the CLI load none of it. The block below is for type checkers only.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any, NoReturn
 
     from agent.runtime.config import Config
@@ -70,8 +70,8 @@ class Runtime:
     ) -> None:
         self.store = StateStore(root)
         self.linux = linux
-        # The zygote forks shims once and reaps them itself; a CLI double-forks so the shim
-        # is nobody's child.
+        # The zygote forks shims once and reaps them itself; a long-lived caller double-forks
+        # so the shim is nobody's child (the CLI, about to exit, forks once).
         self.double_fork = double_fork
 
     # --- create / start -----------------------------------------------------------------
@@ -96,14 +96,14 @@ class Runtime:
         with contextlib.ExitStack() as undo:
             path = self.store.make_dir(container_id)
             undo.callback(self.store.remove, container_id)
-            self._make_fifo(path / FIFO, config)
+            self._make_fifo(os.path.join(path, FIFO), config)
             pid = self._launch_shim(container_id, config, tuple(preserve_fds), console_socket)
             if pid_file:
-                write_atomic(Path(pid_file).resolve(), str(pid))
+                write_atomic(os.path.realpath(pid_file), str(pid))
             undo.pop_all()
         return self.state(container_id)
 
-    def _make_fifo(self, path: Path, config: Config) -> None:
+    def _make_fifo(self, path: str, config: Config) -> None:
         """The exec fifo; writable by the container's user (it opens it after dropping to it),
         owned by the host ids of the container's root, as runc does."""
         os.mkfifo(path, 0o600)
@@ -168,7 +168,7 @@ class Runtime:
         except (ConfigError, RuntimeFailure, OSError) as exc:
             report_failure(result_fd, exc)
         try:
-            self._make_fifo(self.store.dir(container_id) / FIFO, config)
+            self._make_fifo(self.store.path(container_id, FIFO), config)
         except OSError as exc:
             self.store.remove(container_id)
             report_failure(result_fd, exc)
@@ -180,14 +180,14 @@ class Runtime:
         status = live_status(state)
         if status != "created":
             raise RuntimeFailure("start", f"container {container_id} is {status}, not created")
-        fifo = self.store.dir(container_id) / FIFO
+        fifo = self.store.path(container_id, FIFO)
         fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             self._wait_fifo(fd, state)
         finally:
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
-            fifo.unlink()
+            os.unlink(fifo)
 
         def change(st: dict[str, Any]) -> None:
             if st.get("status") == "created":
@@ -360,7 +360,9 @@ class Runtime:
 
     def _echo_log(self, container_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            for line in (self.store.dir(container_id) / LOG).read_text().splitlines():
+            with open(self.store.path(container_id, LOG)) as fh:
+                lines = fh.read().splitlines()
+            for line in lines:
                 entry = json.loads(line)
                 fd = 2 if entry.get("stream") == "stderr" else 1
                 os.write(fd, entry["log"].encode())
@@ -375,10 +377,9 @@ class Runtime:
         stdio: Stdio | None = None,
     ) -> int:
         """Run another process in a running container's namespaces and cgroup; its exit code."""
-        import dataclasses
-
         from agent.runtime.config import Namespace, Process, load_config
         from agent.runtime.process import Launch, Stdio, spawn
+        from agent.runtime.record import replace
         from agent.runtime.shim import cgroup_manager, exit_code_of
 
         state = self.store.read(container_id)
@@ -390,14 +391,14 @@ class Runtime:
             Namespace(ns.type, f"/proc/{pid}/ns/{NAMESPACE_PROC_NAMES[ns.type]}")
             for ns in config.namespaces
         )
-        process: Process = dataclasses.replace(
+        process: Process = replace(
             config.process,
             args=tuple(args),
             env=tuple(env) if env is not None else config.process.env,
             cwd=cwd or config.process.cwd,
             terminal=False,  # an exec'd process uses the caller's stdio
         )
-        exec_config = dataclasses.replace(config, namespaces=joined, process=process)
+        exec_config = replace(config, namespaces=joined, process=process)
         cgroup = cgroup_manager(config)
         launch = Launch(exec_config, stdio or Stdio(0, 1, 2), join_only=True)
         child = spawn(self.linux, launch, cgroup)

@@ -19,7 +19,6 @@ directory, which is how ``state``, ``delete`` and the agent (after a restart) fi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import json
 import os
@@ -27,17 +26,28 @@ import select
 import signal
 import sys
 import time
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, NoReturn
 
 from agent.runtime import process as process_mod
 from agent.runtime.config import Config
 from agent.runtime.errors import RuntimeFailure
 from agent.runtime.linux import CLONE_NEWNET, O_PATH, PR_SET_CHILD_SUBREAPER, Linux
 from agent.runtime.process import Launch, Stdio, spawn
+from agent.runtime.record import replace
 from agent.runtime.scope import SHIM_SLICE, shim_cgroup
-from agent.runtime.state import EXIT_FILE, FIFO, LOG, StateStore, oci_state, proc_start_time
+from agent.runtime.state import (
+    EXIT_FILE,
+    FIFO,
+    LOG,
+    StateStore,
+    oci_state,
+    proc_start_time,
+    write_atomic,
+)
+
+# Names for type checkers only: importing typing costs milliseconds on every CLI start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 DEFAULT_LOG_MAX = 10 * 1024 * 1024
 _DRAIN_SECONDS = 0.2
@@ -54,6 +64,11 @@ NATIVE_MONITOR = os.path.join(os.path.dirname(__file__), "native", "corral-monit
 _PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # What the native monitor execs on an exit its restart policy may restart (-S: the runtime
 # needs only the standard library; the package root goes on sys.path by hand).
+SCOPE_PLAN = "monitor.scope"
+_SCOPE_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from agent.runtime.shim import scope_helper_main; scope_helper_main(sys.argv[2:])"
+)
 _RESUME_BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
     "from agent.runtime.shim import resume_main; resume_main(sys.argv[2:])"
@@ -69,15 +84,21 @@ def native_monitor() -> str | None:
 
 
 def iso_now(now: float | None = None) -> str:
-    stamp = datetime.fromtimestamp(time.time() if now is None else now, UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``2026-01-02T03:04:05.123456Z`` (UTC, microseconds rounded as ``datetime`` does;
+    without ``datetime``, which would cost every CLI ``create`` a millisecond of imports)."""
+    now = time.time() if now is None else now
+    seconds = int(now // 1)
+    micros = round((now - seconds) * 1e6)
+    if micros == 1_000_000:
+        seconds, micros = seconds + 1, 0
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{micros:06d}Z"
 
 
 class LogWriter:
     """JSON-lines log (``{"time", "ts", "stream", "log"}``), rotated to ``.1`` when it
     grows past ``max_bytes``."""
 
-    def __init__(self, path: Path, max_bytes: int = DEFAULT_LOG_MAX) -> None:
+    def __init__(self, path: str, max_bytes: int = DEFAULT_LOG_MAX) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.partial: dict[str, bytes] = {}
@@ -112,7 +133,7 @@ class LogWriter:
         os.write(self.fd, (json.dumps(record) + "\n").encode())
         if os.fstat(self.fd).st_size > self.max_bytes:
             os.close(self.fd)
-            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            os.replace(self.path, f"{self.path}.1")
             self.fd = self._open()
 
     def close(self) -> None:
@@ -170,7 +191,7 @@ class Shim:
         self.store = store
         self.id = container_id
         self.config = config
-        self.dir = store.dir(container_id)
+        self.dir = store.path(container_id)
         self.cgroup: Any = None
         self.log: LogWriter | None = None
         self.oom_seen = 0
@@ -191,8 +212,8 @@ class Shim:
         self.timings.append(("shim.cgroup", round((time.perf_counter() - started) * 1000, 3)))
         self._join_network_namespace()
         max_bytes = int(self.config.annotations.get("run.corral.log.max-bytes", DEFAULT_LOG_MAX))
-        self.log = LogWriter(self.dir / LOG, max_bytes)
-        fifo_fd = os.open(self.dir / FIFO, O_PATH | os.O_CLOEXEC)
+        self.log = LogWriter(os.path.join(self.dir, LOG), max_bytes)
+        fifo_fd = os.open(os.path.join(self.dir, FIFO), O_PATH | os.O_CLOEXEC)
         started = time.perf_counter()
         try:
             pid = self._spawn(fifo_fd)
@@ -220,7 +241,7 @@ class Shim:
         finally:
             os.close(fd)
         kept = tuple(n for n in self.config.namespaces if n.type != "network")
-        self.config = dataclasses.replace(self.config, namespaces=kept)
+        self.config = replace(self.config, namespaces=kept)
 
     def _make_cgroup(self) -> Any:
         mgr = cgroup_manager(self.config)
@@ -258,8 +279,9 @@ class Shim:
         """Become the native monitor of ``pid`` (returns only if the exec failed: the caller
         then monitors in Python)."""
         assert self.log is not None
-        argv = [binary, "--pid", str(pid), "--log", str(self.dir / LOG)]
-        argv += ["--log-max", str(self.log.max_bytes), "--exit-file", str(self.dir / EXIT_FILE)]
+        argv = [binary, "--pid", str(pid), "--log", os.path.join(self.dir, LOG)]
+        argv += ["--log-max", str(self.log.max_bytes)]
+        argv += ["--exit-file", os.path.join(self.dir, EXIT_FILE)]
         for fd, stream in self.pipes.items():
             os.set_inheritable(fd, True)
             argv += [f"--{stream}-fd", str(fd)]
@@ -293,7 +315,23 @@ class Shim:
         """The shim's own scope for the native monitor: created here (mkdir is cheap), moved
         into by the monitor after SCOPE_DELAY and removed by it at the end, as the Python loop
         does. A systemd scope is a unit, not files: moved into now; systemd removes it once
-        empty."""
+        empty.
+
+        That needs the cgroup driver. Loaded already (the agent's zygote preloads it; a
+        container with a cgroup loads it), the scope is made here. Otherwise (a CLI's shim)
+        its ~10-20 ms of imports would delay every exit record: the monitor runs this
+        module's :func:`scope_helper_main` when the move is due instead, and reads the
+        helper's plan at the end."""
+        delay = ["--scope-delay-ms", str(round(SCOPE_DELAY * 1000))]
+        if "agent.runtime.cgroups" not in sys.modules:
+            plan = os.path.join(self.dir, SCOPE_PLAN)
+            helper = [sys.executable, "-S", "-c", _SCOPE_BOOT, _PKG_ROOT, plan, self.id]
+            return [
+                *delay,
+                "--scope-plan",
+                plan,
+                *(a for h in helper for a in ("--scope-helper-arg", h)),
+            ]
         try:
             from agent.runtime.cgroups import new_manager
 
@@ -306,7 +344,7 @@ class Shim:
             slice_dirs = new_manager(SHIM_SLICE).dirs() or []
         except Exception:
             return []  # as the Python loop: the monitor keeps working where it is
-        args = ["--scope-delay-ms", str(round(SCOPE_DELAY * 1000))]
+        args = delay
         for path in dict.fromkeys(os.path.realpath(d) for d in dirs):
             args += ["--scope-procs", f"{path}/cgroup.procs", "--scope-dir", path]
         for path in dict.fromkeys(os.path.realpath(d) for d in slice_dirs):
@@ -453,7 +491,7 @@ class Shim:
         def change(state: dict[str, Any]) -> None:  # read() folded the record in
             decision["restart"] = state.get("status") == "stopped" and self._wants_restart(state)
             with contextlib.suppress(FileNotFoundError):
-                (self.dir / EXIT_FILE).unlink()
+                os.unlink(os.path.join(self.dir, EXIT_FILE))
 
         try:
             self.store.update(self.id, change)
@@ -611,7 +649,7 @@ def resume_main(args: list[str]) -> NoReturn:
         shim.cgroup = cgroup_manager(config)
         shim._join_network_namespace()  # we are in it already: this drops it from the config
         max_bytes = int(config.annotations.get("run.corral.log.max-bytes", DEFAULT_LOG_MAX))
-        shim.log = LogWriter(shim.dir / LOG, max_bytes)
+        shim.log = LogWriter(os.path.join(shim.dir, LOG), max_bytes)
         pid = shim.resume()
         if not pid:
             shim.log.close()
@@ -625,3 +663,26 @@ def resume_main(args: list[str]) -> NoReturn:
             shim.log.write("shim", f"corral-shim: resume failed: {exc!r}\n".encode())
             shim.log.flush()
         os._exit(1)
+
+
+def scope_helper_main(args: list[str]) -> NoReturn:
+    """Run by the native monitor (its child) when its move into the shim's scope is due and
+    it was not told where the scope is: ``PLAN ID``. Makes the scope, moves the monitor in,
+    and writes where it must step out to and what to remove at the end."""
+    plan, container_id = args
+    monitor = os.getppid()
+    with contextlib.suppress(Exception):
+        from agent.runtime.cgroups import new_manager
+
+        mgr = new_manager(shim_cgroup(container_id))
+        mgr.create()
+        mgr.apply(monitor)
+        lines = []
+        dirs = mgr.dirs()
+        if dirs is not None:  # cgroupfs; a systemd scope goes away by itself once empty
+            lines += [f"dir {d}" for d in dict.fromkeys(os.path.realpath(d) for d in dirs)]
+            slice_dirs = new_manager(SHIM_SLICE).dirs() or []
+            real = dict.fromkeys(os.path.realpath(d) for d in slice_dirs)
+            lines += [f"slice {d}/cgroup.procs" for d in real]
+        write_atomic(plan, "".join(f"{line}\n" for line in lines))
+    os._exit(0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import socket
 
 from agent.runtime.errors import RuntimeFailure
 
@@ -61,6 +60,8 @@ def become_terminal_stdio(slave: int) -> None:
 
 def send_console(path: str, master: int) -> None:
     """Connect to the caller's console socket and send it the pty master (then close ours)."""
+    import socket  # only for a console: socket.py costs every CLI start ~1.5 ms
+
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.connect(path)

@@ -374,6 +374,36 @@ static long long read_key(const char *path, const char *key)
 	return -1;
 }
 
+static pid_t start_helper(char **argv)
+{
+	pid_t child = fork();
+	if (child == 0) {
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	return child;
+}
+
+/* The helper's plan: "dir PATH" (the scope, one per hierarchy) and "slice PATH" (where to
+ * step back out to). The strings are leaked on purpose: the process ends right after. */
+static void read_plan(const char *path, const char **slice, int *n_slice, const char **dirs,
+		      int *n_dirs, int *moved)
+{
+	FILE *plan = fopen(path, "re");
+	char line[4200];
+	if (!plan)
+		return;
+	*moved = 1;
+	while (fgets(line, sizeof line, plan)) {
+		line[strcspn(line, "\n")] = 0;
+		if (strncmp(line, "dir ", 4) == 0 && *n_dirs < MAX_LIST)
+			dirs[(*n_dirs)++] = strdup(line + 4);
+		else if (strncmp(line, "slice ", 6) == 0 && *n_slice < MAX_LIST)
+			slice[(*n_slice)++] = strdup(line + 6);
+	}
+	fclose(plan);
+}
+
 /* --- main --------------------------------------------------------------------------------- */
 
 static void reap(pid_t init, int *status, int *exited)
@@ -400,7 +430,8 @@ int main(int argc, char **argv)
 		{"scope-delay-ms", required_argument, 0, 'd'},
 		{"scope-procs", required_argument, 0, 's'}, {"slice-procs", required_argument, 0, 'S'},
 		{"scope-dir", required_argument, 0, 'D'},  {"resume-on", required_argument, 0, 'r'},
-		{0, 0, 0, 0},
+		{"scope-helper-arg", required_argument, 0, 'h'},
+		{"scope-plan", required_argument, 0, 'P'},  {0, 0, 0, 0},
 	};
 	pid_t init = 0;
 	const char *exit_file = NULL, *oom_file = NULL;
@@ -408,6 +439,12 @@ int main(int argc, char **argv)
 	const char *scope_procs[MAX_LIST], *slice_procs[MAX_LIST], *scope_dirs[MAX_LIST];
 	int n_scope = 0, n_slice = 0, n_dirs = 0;
 	const char *resume_on = NULL; /* "always" or "failure": exec the rest of argv then */
+	/* Where the scope is not given: a helper (the Python shim's scope code) run when due moves
+	 * us and writes the plan for the end ("dir PATH", "slice PATH/cgroup.procs" lines). */
+	char *helper_argv[MAX_LIST + 1] = {0};
+	int n_helper = 0;
+	const char *scope_plan = NULL;
+	pid_t helper = 0;
 	struct stream streams[2] = {{"stdout", -1, 0, 0, 0, 0}, {"stderr", -1, 0, 0, 0, 0}};
 	int opt;
 	while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
@@ -425,6 +462,8 @@ int main(int argc, char **argv)
 		case 'S': if (n_slice < MAX_LIST) slice_procs[n_slice++] = optarg; break;
 		case 'D': if (n_dirs < MAX_LIST) scope_dirs[n_dirs++] = optarg; break;
 		case 'r': resume_on = optarg; break;
+		case 'h': if (n_helper < MAX_LIST) helper_argv[n_helper++] = optarg; break;
+		case 'P': scope_plan = optarg; break;
 		default: die("usage: see agent/runtime/native/monitor.c");
 		}
 	}
@@ -437,7 +476,7 @@ int main(int argc, char **argv)
 			fcntl(streams[i].fd, F_SETFD, FD_CLOEXEC);
 	int pidfd = (int)syscall(SYS_pidfd_open, init, 0);
 
-	long long scope_due = n_scope ? monotonic_ms() + scope_delay : -1;
+	long long scope_due = n_scope || n_helper ? monotonic_ms() + scope_delay : -1;
 	int moved = 0, exited = 0, status = 0;
 	long long exited_at = 0;
 	for (;;) {
@@ -458,8 +497,12 @@ int main(int argc, char **argv)
 		if (scope_due >= 0 && !exited) {
 			long long due_in = scope_due - monotonic_ms();
 			if (due_in <= 0) {
-				write_pid_to(scope_procs, n_scope);
-				moved = 1;
+				if (n_scope) {
+					write_pid_to(scope_procs, n_scope);
+					moved = 1;
+				} else {
+					helper = start_helper(helper_argv);
+				}
 				scope_due = -1;
 			} else if (due_in + 1 < timeout) {
 				timeout = due_in + 1;
@@ -518,6 +561,13 @@ int main(int argc, char **argv)
 		 * retries left), spawns it and execs us again. We stay in our scope meanwhile. */
 		execv(argv[optind], argv + optind);
 		fprintf(stderr, "corral-monitor: exec %s: %s\n", argv[optind], strerror(errno));
+	}
+	if (helper > 0) { /* it moved us (or failed): its plan says how to step out again */
+		int st;
+		while (waitpid(helper, &st, 0) < 0 && errno == EINTR) {
+		}
+		if (scope_plan)
+			read_plan(scope_plan, slice_procs, &n_slice, scope_dirs, &n_dirs, &moved);
 	}
 	if (moved)
 		write_pid_to(slice_procs, n_slice);

@@ -3,6 +3,7 @@ it accepts, leaves everything else to argparse, and the CLI imports little at st
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,49 @@ def test_cli_start_up_imports_neither_argparse_nor_typing() -> None:
     )
     loaded = set(eval(done.stdout))  # noqa: S307 - our own subprocess printed a list
     assert not {"argparse", "typing", "dataclasses", "json"} & loaded
+
+
+def test_output_and_status_survive_the_exit_that_skips_teardown(tmp_path: Path) -> None:
+    from agent.runtime.state import StateStore
+
+    store = StateStore(tmp_path / "st")
+    store.make_dir("c1")
+    store.write("c1", {"id": "c1", "status": "stopped", "bundle": "/b", "exit_code": 3})
+    cli = [sys.executable, "-m", "agent.runtime", "--root", str(tmp_path / "st")]
+    done = subprocess.run([*cli, "state", "c1"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["exit_code"] == 3  # block-buffered into a pipe: flushed
+    done = subprocess.run([*cli, "state", "c2"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.startswith("corral-runtime: ")
+
+
+def test_the_create_path_imports_no_dataclasses_typing_or_datetime(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "ociVersion": "1.0.2",
+                "process": {"args": ["/bin/true"]},
+                "root": {"path": "rootfs"},
+                "linux": {"namespaces": [{"type": "mount"}]},
+            }
+        )
+    )
+    code = (
+        "import sys, agent.runtime.cli, agent.runtime.runtime, agent.runtime.shim, "
+        "agent.runtime.report, agent.runtime.terminal; "
+        "from agent.runtime.config import load_config; "
+        f"assert load_config({str(tmp_path)!r}).process.args == ('/bin/true',); "
+        "print(sorted(sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(REPO)!r}); {code}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded = set(eval(done.stdout))  # noqa: S307 - our own subprocess printed a list
+    assert "agent.runtime.process" in loaded
+    slow = {"argparse", "typing", "dataclasses", "inspect", "datetime", "logging", "socket"}
+    slow |= {"pathlib"}
+    assert not (slow | {"agent.runtime.cgroups"}) & loaded

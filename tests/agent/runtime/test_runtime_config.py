@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -121,3 +122,20 @@ def test_restart_policy_parses(raw: str, name: str, retries: int) -> None:
 def test_a_terminal_is_accepted_and_recorded() -> None:
     assert parse_config(with_("process.terminal", True), bundle="/b").process.terminal is True
     assert parse_config(BASE, bundle="/b").process.terminal is False
+
+
+@pytest.mark.parametrize(
+    ("bundle", "root"),
+    [
+        ("/b", "rootfs"),
+        ("/b/", "./rootfs/"),
+        ("/b", "/abs//root/./fs/"),
+        ("/b", "../shared/rootfs"),
+        ("/b", "."),
+        ("relative", "rootfs"),
+    ],
+)
+def test_root_path_is_spelled_as_pathlib_would(bundle: str, root: str) -> None:
+    raw = copy.deepcopy(BASE)
+    raw["root"]["path"] = root
+    assert parse_config(raw, bundle=bundle).root_path == str(Path(bundle) / root)

@@ -506,3 +506,35 @@ def test_the_cgroup_namespace_is_rooted_at_the_containers_own_cgroup(
     inside = "".join(json.loads(line)["log"] for line in log.read_text().splitlines())
     assert ":memory:/\n" in inside
     assert ":pids:/\n" in inside
+
+
+# What a CLI ``run`` must not import (issue #4, the CLI within 2x of crun): each of these cost
+# milliseconds of every command's start-up before it was taken off the path.
+CLI_RUN_NEVER_IMPORTS = {
+    "argparse",
+    "dataclasses",
+    "inspect",
+    "typing",
+    "datetime",
+    "logging",
+    "socket",  # the sync channel uses _socket; socket.py only for a console socket
+    "pathlib",  # the state store and the config loader work on strings
+    "agent.runtime.cgroups",  # a bundle without cgroupsPath needs no cgroup driver
+}
+
+
+def test_cli_run_stays_off_the_slow_imports(tmp_path: Path, make_bundle: BundleFactory) -> None:
+    bundle = make_bundle(["/bin/true"])
+    root = str(tmp_path / "st")
+    cli = [sys.executable, "-X", "importtime", "-m", "agent.runtime", "--root", root]
+    done = subprocess.run(
+        [*cli, "run", "diet1", "--bundle", str(bundle)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[3],
+    )
+    assert done.returncode == 0, done.stderr
+    # "import time: self | cumulative | <indent>name", for the CLI and the shim it forks
+    loaded = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines()}
+    assert "agent.runtime.shim" in loaded  # the parse sees the create path's imports
+    assert not CLI_RUN_NEVER_IMPORTS & loaded
