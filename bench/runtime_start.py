@@ -15,6 +15,10 @@ container in its shim's cgroup. That is not the same work: on cgroup v1 the firs
 process waits for an RCU grace period (~14 ms here, most of crun's time). ``--cgroup`` gives
 the bundle a ``cgroupsPath`` (as the agent always does), so all three create, fill and remove
 the same cgroup; report both figures.
+
+State roots: every runtime's ``--root`` is on a tmpfs mounted (in the private mount namespace)
+under the temp dir, as the agent's own root (/run/corral/runtime) and crun's and runc's
+defaults (/run/crun, /run/runc) are; the bundle stays on the temp dir's filesystem.
 """
 
 from __future__ import annotations
@@ -252,16 +256,19 @@ def main() -> int:
     zygote = Zygote()
     try:
         bundle = build_bundle(base, cgroup=args.cgroup)
+        roots = base / "roots"
+        roots.mkdir()
+        LINUX.mount("tmpfs", str(roots), "tmpfs", 0, "mode=700")
         zygote.ensure_started()
         runners: dict[str, Callable[[], None]] = {
-            "corral zygote (agent path)": runner_zygote(base / "zroot", bundle, zygote),
-            "corral-runtime CLI": runner_cli(base / "croot", bundle),
+            "corral zygote (agent path)": runner_zygote(roots / "zroot", bundle, zygote),
+            "corral-runtime CLI": runner_cli(roots / "croot", bundle),
             # The same without site-packages: how much is the interpreter's own start-up.
-            "corral-runtime CLI (python -S)": runner_cli(base / "sroot", bundle, "-S"),
+            "corral-runtime CLI (python -S)": runner_cli(roots / "sroot", bundle, "-S"),
         }
         for binary in ("crun", "runc"):
             if shutil.which(binary):
-                runners[f"{binary} run"] = runner_oci(binary, base / f"{binary}-root", bundle)
+                runners[f"{binary} run"] = runner_oci(binary, roots / f"{binary}-root", bundle)
         for run in runners.values():  # warm caches once, untimed
             run()
         samples: dict[str, list[float]] = {name: [] for name in runners}
@@ -286,6 +293,8 @@ def main() -> int:
         monitor_rss(base, bundle, zygote)
     finally:
         zygote.close()
+        with contextlib.suppress(OSError):
+            LINUX.umount2(str(base / "roots"), 0)
         shutil.rmtree(base, ignore_errors=True)
         if args.cgroup:
             remove_bench_slice()
