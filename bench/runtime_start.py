@@ -19,6 +19,10 @@ the same cgroup; report both figures.
 State roots: every runtime's ``--root`` is on a tmpfs mounted (in the private mount namespace)
 under the temp dir, as the agent's own root (/run/corral/runtime) and crun's and runc's
 defaults (/run/crun, /run/runc) are; the bundle stays on the temp dir's filesystem.
+
+Order: each round starts with the next runner, and every sample comes ``--gap`` seconds after
+the one before (a v1 cgroup move right after another skips its RCU grace period: with a fixed
+order crun always ran right after corral's CLI had moved its container, and profited from it).
 """
 
 from __future__ import annotations
@@ -244,6 +248,12 @@ def main() -> int:
     parser.add_argument(
         "--cgroup", action="store_true", help="every runtime puts the container in a cgroup"
     )
+    parser.add_argument(
+        "--gap",
+        type=float,
+        default=0.05,
+        help="seconds of pause before each sample (untimed), so none follows another closely",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
@@ -272,15 +282,22 @@ def main() -> int:
         for run in runners.values():  # warm caches once, untimed
             run()
         samples: dict[str, list[float]] = {name: [] for name in runners}
-        for _ in range(args.rounds):
-            for name, run in runners.items():
+        names = list(runners)
+        for round_no in range(args.rounds):
+            # Each round starts with the next runner, and each sample comes after a pause: a
+            # v1 cgroup move right after another one skips its RCU grace period, so a fixed
+            # order let each runner profit (or not) from the one before it.
+            shift = round_no % len(names)
+            for name in names[shift:] + names[:shift]:
+                time.sleep(args.gap)
                 started = time.perf_counter()
-                run()
+                runners[name]()
                 samples[name].append((time.perf_counter() - started) * 1000)
         peer = statistics.median(samples["crun run"]) if "crun run" in samples else None
         print(
             f"create+start+wait+delete of /bin/true, {args.rounds} interleaved rounds,"
             f" {'in cgroup ' + BENCH_CGROUP if args.cgroup else 'no cgroupsPath'},"
+            f" {args.gap * 1000:.0f} ms apart,"
             f" load {os.getloadavg()[0]:.1f}"
         )
         for name, values in samples.items():
