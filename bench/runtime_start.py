@@ -80,7 +80,9 @@ def v1_only_view() -> None:
     stash.rmdir()
 
 
-BENCH_CGROUP = "/corral-bench.slice/bench"
+# Per run: cgroups are the host's, not the mount view's; two runs at once (other engineers'
+# benchmarks) sharing one path killed each other's containers when deleting theirs.
+BENCH_CGROUP = f"/corral-bench-{os.getpid()}.slice/bench"
 
 
 def build_bundle(base: Path, *, cgroup: bool = False) -> Path:
