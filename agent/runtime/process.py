@@ -275,6 +275,8 @@ def _unshare_cgroup_namespace(linux: Linux, config: Config) -> None:
 def _cgroup_apply(cgroup: CgroupLike, pid: int) -> None:
     try:
         cgroup.apply(pid)
+    except RuntimeFailure:
+        raise  # names its own step (making the cgroup on the way: cgroup.create)
     except OSError as exc:
         raise RuntimeFailure.from_os("cgroup.apply", exc) from None
     except Exception as exc:  # CgroupError from the driver: keep its message and errno

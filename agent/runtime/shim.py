@@ -205,11 +205,9 @@ class Shim:
         detach(self.linux, keep, *more)
 
     def create(self) -> int:
-        """cgroup, pipes, the container process waiting on the exec fifo; returns its pid."""
-        started = time.perf_counter()
-        if self.config.cgroups_path:
-            self.cgroup = _cgroup_step("cgroup.create", lambda: self._make_cgroup())
-        self.timings.append(("shim.cgroup", round((time.perf_counter() - started) * 1000, 3)))
+        """cgroup, pipes, the container process waiting on the exec fifo; returns its pid.
+        The cgroup is made when ``spawn`` first moves the process into it: after the clone,
+        while the container's init builds its rootfs (see ``_CgroupOnFirstApply``)."""
         self._join_network_namespace()
         max_bytes = int(self.config.annotations.get("run.corral.log.max-bytes", DEFAULT_LOG_MAX))
         self.log = LogWriter(os.path.join(self.dir, LOG), max_bytes)
@@ -244,10 +242,18 @@ class Shim:
         self.config = replace(self.config, namespaces=kept)
 
     def _make_cgroup(self) -> Any:
-        mgr = cgroup_manager(self.config)
-        mgr.ensure_parent()
-        mgr.create()
-        mgr.set(self.config.resources)
+        """Make the container's cgroup; ``self.cgroup`` is set first, so a failure part-way
+        leaves a manager to destroy what was made."""
+        started = time.perf_counter()
+        mgr = self.cgroup = cgroup_manager(self.config)
+
+        def make() -> None:
+            mgr.ensure_parent()
+            mgr.create()
+            mgr.set(self.config.resources)
+
+        _cgroup_step("cgroup.create", make)
+        self.timings.append(("shim.cgroup", round((time.perf_counter() - started) * 1000, 3)))
         return mgr
 
     def _spawn(self, fifo_fd: int | None) -> int:
@@ -263,7 +269,10 @@ class Shim:
                 extra_fds=self.extra_fds,
                 console_socket=self.console_socket,
             )
-            pid = spawn(self.linux, launch, self.cgroup)
+            cgroup = self.cgroup
+            if cgroup is None and self.config.cgroups_path:
+                cgroup = _CgroupOnFirstApply(self)
+            pid = spawn(self.linux, launch, cgroup)
         except BaseException:
             os.close(out_r)
             os.close(err_r)
@@ -543,6 +552,19 @@ class Shim:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         return pid
+
+
+class _CgroupOnFirstApply:
+    """The container's cgroup, made when ``spawn`` first moves a process into it. On cgroup
+    v1 making it (a directory and limits per hierarchy) takes milliseconds; ``spawn`` moves
+    the init while the init builds its rootfs, so this way the making overlaps that too."""
+
+    def __init__(self, shim: Shim) -> None:
+        self.shim = shim
+
+    def apply(self, pid: int) -> None:
+        mgr = self.shim.cgroup if self.shim.cgroup is not None else self.shim._make_cgroup()
+        mgr.apply(pid)
 
 
 def _cgroup_step(step: str, action: Any) -> Any:

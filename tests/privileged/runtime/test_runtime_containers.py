@@ -240,6 +240,22 @@ def test_create_failure_names_the_step_and_leaves_nothing(
     assert not cgroup_dirs(f"{CGROUP_PARENT}/{cid}")
 
 
+def test_a_cgroup_that_cannot_be_made_fails_create_and_leaves_nothing(
+    runtime: Runtime, make_bundle: BundleFactory, cid: str
+) -> None:
+    """The cgroup is made while the init builds its rootfs; its failure is still reported as
+    cgroup.create, and undone along with the init and the state."""
+    cg = f"{CGROUP_PARENT}/{cid}"
+    cpus = str(os.cpu_count() or 1) + "-4095"  # no such CPUs: the kernel refuses the cpuset
+    bundle = make_bundle(SLEEP, linux={"cgroupsPath": cg, "resources": {"cpu": {"cpus": cpus}}})
+    with pytest.raises(RuntimeFailure) as err:
+        runtime.create(cid, bundle)
+    assert err.value.step == "cgroup.create"
+    assert not runtime.store.dir(cid).exists()
+    assert not cgroup_dirs(cg)
+    assert runtime.store.ids() == []
+
+
 def test_bad_config_is_rejected_before_touching_the_host(
     runtime: Runtime, make_bundle: BundleFactory, cid: str
 ) -> None:
