@@ -321,10 +321,10 @@ class Shim:
                 self.store.update(self.id, change)
 
     def _native_scope_args(self) -> list[str]:
-        """The shim's own scope for the native monitor: created here (mkdir is cheap), moved
-        into by the monitor after SCOPE_DELAY and removed by it at the end, as the Python loop
-        does. A systemd scope is a unit, not files: moved into now; systemd removes it once
-        empty.
+        """The shim's own scope for the native monitor: made and moved into by the monitor
+        after SCOPE_DELAY (a container done sooner never has one) and removed by it at the
+        end, as the Python loop does. A systemd scope is a unit, not files: moved into now;
+        systemd removes it once empty.
 
         That needs the cgroup driver. Loaded already (the agent's zygote preloads it; a
         container with a cgroup loads it), the scope is made here. Otherwise (a CLI's shim)
@@ -345,12 +345,14 @@ class Shim:
             from agent.runtime.cgroups import new_manager
 
             mgr = new_manager(shim_cgroup(self.id))
-            mgr.create()
             dirs = mgr.dirs()
             if dirs is None:
+                mgr.create()
                 mgr.apply(os.getpid())
                 return []
-            slice_dirs = new_manager(SHIM_SLICE).dirs() or []
+            shims = new_manager(SHIM_SLICE)
+            shims.create()  # the slice, once per host; the monitor makes its scope when due
+            slice_dirs = shims.dirs() or []
         except Exception:
             return []  # as the Python loop: the monitor keeps working where it is
         args = delay

@@ -12,9 +12,10 @@
  *     bytes, as Python's decode(errors="replace"), escaped as json.dumps(ensure_ascii=True)),
  *     rotated to <log>.1 once it grows past --log-max bytes;
  *   - children re-parented to us are reaped;
- *   - after --scope-delay-ms the monitor moves itself into its own cgroup scope (the
- *     --scope-procs files), out of its creator's; at the end it steps back out
- *     (--slice-procs) and removes the scope (--scope-dir);
+ *   - after --scope-delay-ms the monitor moves itself into its own cgroup scope (it makes
+ *     the --scope-dir directories, then writes the --scope-procs files), out of its
+ *     creator's; at the end it steps back out (--slice-procs) and removes the scope. Without
+ *     them, the --scope-helper-arg command does the move when due and leaves a --scope-plan;
  *   - when the init exits (output drained for up to 0.2 s), the exit is written atomically to
  *     --exit-file as {"exit_code", "finished_at", "oom_killed"}; StateStore.read folds it into
  *     the container's state. Exit code by shell convention: 128 + signal for a kill;
@@ -355,6 +356,42 @@ static void write_pid_to(const char *const *files, int count)
 	}
 }
 
+/* mkdir the scope in each hierarchy; a new v1 cpuset starts with empty cpus and mems and
+ * refuses tasks until they are set: copy its parent's (as V1Manager does). */
+static void make_dirs(const char *const *dirs, int count)
+{
+	for (int i = 0; i < count; i++) {
+		if (mkdir(dirs[i], 0755) != 0)
+			continue;
+		static const char *const names[] = {"cpuset.cpus", "cpuset.mems"};
+		for (int k = 0; k < 2; k++) {
+			char path[4200], parent[4200], value[4096];
+			snprintf(path, sizeof path, "%s/%s", dirs[i], names[k]);
+			int fd = open(path, O_RDWR | O_CLOEXEC);
+			if (fd < 0)
+				continue;
+			ssize_t n = read(fd, value, sizeof value - 1);
+			if (n <= 1) { /* empty: just "\n" */
+				snprintf(parent, sizeof parent, "%s", dirs[i]);
+				char *slash = strrchr(parent, '/');
+				if (slash) {
+					snprintf(slash, sizeof parent - (size_t)(slash - parent), "/%s",
+						 names[k]);
+					int pfd = open(parent, O_RDONLY | O_CLOEXEC);
+					if (pfd >= 0) {
+						ssize_t m = read(pfd, value, sizeof value - 1);
+						if (m > 0 && write(fd, value, (size_t)m) < 0) {
+							/* the move below then fails: we stay where we are */
+						}
+						close(pfd);
+					}
+				}
+			}
+			close(fd);
+		}
+	}
+}
+
 static long long read_key(const char *path, const char *key)
 {
 	char text[4096];
@@ -498,6 +535,7 @@ int main(int argc, char **argv)
 			long long due_in = scope_due - monotonic_ms();
 			if (due_in <= 0) {
 				if (n_scope) {
+					make_dirs(scope_dirs, n_dirs);
 					write_pid_to(scope_procs, n_scope);
 					moved = 1;
 				} else {
