@@ -69,15 +69,17 @@ def test_a_bad_command_line_is_one_argparse_error() -> None:
     assert "the following arguments are required: id" in done.stderr
 
 
-def test_cli_start_up_imports_neither_argparse_nor_typing() -> None:
-    code = "import sys, agent.runtime.cli; print(sorted(sys.modules))"
+def modules_after(code: str) -> set[str]:
+    """The modules a fresh ``python -S`` has loaded after running ``code``."""
+    script = f"import sys; sys.path.insert(0, {str(REPO)!r}); {code}; print(sorted(sys.modules))"
     done = subprocess.run(
-        [sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(REPO)!r}); {code}"],
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, "-S", "-c", script], capture_output=True, text=True, check=True
     )
-    loaded = set(eval(done.stdout))  # noqa: S307 - our own subprocess printed a list
+    return set(eval(done.stdout))  # noqa: S307 - our own subprocess printed a list
+
+
+def test_cli_start_up_imports_neither_argparse_nor_typing() -> None:
+    loaded = modules_after("import agent.runtime.cli")
     assert not {"argparse", "typing", "dataclasses", "json"} & loaded
 
 
@@ -107,20 +109,12 @@ def test_the_create_path_imports_no_dataclasses_typing_or_datetime(tmp_path: Pat
             }
         )
     )
-    code = (
-        "import sys, agent.runtime.cli, agent.runtime.runtime, agent.runtime.shim, "
+    loaded = modules_after(
+        "import agent.runtime.cli, agent.runtime.runtime, agent.runtime.shim, "
         "agent.runtime.report, agent.runtime.terminal; "
         "from agent.runtime.config import load_config; "
-        f"assert load_config({str(tmp_path)!r}).process.args == ('/bin/true',); "
-        "print(sorted(sys.modules))"
+        f"assert load_config({str(tmp_path)!r}).process.args == ('/bin/true',)"
     )
-    done = subprocess.run(
-        [sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(REPO)!r}); {code}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    loaded = set(eval(done.stdout))  # noqa: S307 - our own subprocess printed a list
     assert "agent.runtime.process" in loaded
     slow = {"argparse", "typing", "dataclasses", "inspect", "datetime", "logging", "socket"}
     slow |= {"pathlib"}
