@@ -44,9 +44,9 @@ if TYPE_CHECKING:
 
 START_TIMEOUT = 10.0
 _POLL = 0.002  # seconds between state reads when no process exit can tell us more
-# Once the container process is gone, the shim records its exit within about a millisecond,
-# but its own exit (tearing down a ~17 MB process) comes several milliseconds later: until it
-# does, the state is re-read this often rather than every _POLL.
+# Once the container process is gone, the monitor records its exit within about a
+# millisecond, but its own exit (for the Python monitor, tearing down a ~17 MB process) can come
+# several milliseconds later: until it does, the state is re-read this often, not every _POLL.
 _RECORD_POLL = 0.0005
 
 
@@ -311,7 +311,7 @@ class Runtime:
 
         A shim that had already recorded the exit when we read the state moves into no scope
         any more (it does so only while its container runs): when none exists, there is
-        nothing to wait for, and its exit (a few ms for a ~17 MB process) is not waited on."""
+        nothing to wait for, and its exit (a few ms for the Python monitor) is not waited on."""
         recorded = state.get("status") == "stopped" and state.get("exit_code") is not None
         if recorded and not shim_cgroups_may_exist(container_id):
             return

@@ -5,8 +5,9 @@ Once the container is created and its creator told, the shim ``execve``s the nat
 (``native/monitor.c``, built to ``native/corral-monitor``) in the same process: the container
 stays its child, and the monitor costs ~0.5 MiB instead of a Python interpreter's ~7 (PSS).
 It writes the same log and an exit record (``exit.json``) that ``StateStore.read`` folds into
-the state. A container with a restart policy keeps this Python monitor (it must spawn the
-process again), as does a host without the binary (no compiler when it was built, another
+the state; on an exit a restart policy may restart it execs this module again (``resume``),
+which restarts the process and execs the monitor anew. A container with a terminal keeps this
+Python monitor, as does a host without the binary (no compiler when it was built, another
 architecture: an exec that fails falls back here); ``CORRAL_MONITOR`` names another binary, or
 ``python`` to always use this one. The state says which one runs (``monitor``).
 
@@ -62,17 +63,18 @@ SCOPE_DELAY = 0.05
 
 NATIVE_MONITOR = os.path.join(os.path.dirname(__file__), "native", "corral-monitor")
 _PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# What the native monitor execs on an exit its restart policy may restart (-S: the runtime
-# needs only the standard library; the package root goes on sys.path by hand).
-SCOPE_PLAN = "monitor.scope"
-_SCOPE_BOOT = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from agent.runtime.shim import scope_helper_main; scope_helper_main(sys.argv[2:])"
-)
-_RESUME_BOOT = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from agent.runtime.shim import resume_main; resume_main(sys.argv[2:])"
-)
+SCOPE_PLAN = "monitor.scope"  # the scope helper's plan for the native monitor's last steps
+
+
+def _entry(function: str, *args: str) -> list[str]:
+    """A command line the native monitor runs: ``function`` of this module with ``args``, in
+    a fresh interpreter (-S: the runtime needs only the standard library; the package root
+    goes on sys.path by hand, as the shim's cwd and environment are its creator's)."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        f"from agent.runtime.shim import {function}; {function}(sys.argv[2:])"
+    )
+    return [sys.executable, "-S", "-c", code, _PKG_ROOT, *args]
 
 
 def native_monitor() -> str | None:
@@ -303,8 +305,8 @@ class Shim:
             for fd in self.extra_fds:
                 os.set_inheritable(fd, True)
             argv += ["--resume-on", "always" if self.config.restart.name == "always" else "failure"]
-            argv += ["--", sys.executable, "-S", "-c", _RESUME_BOOT, _PKG_ROOT]
-            argv += [str(self.store.root), self.id, ",".join(map(str, self.extra_fds))]
+            fds = ",".join(map(str, self.extra_fds))
+            argv += ["--", *_entry("resume_main", self.store.root_path, self.id, fds)]
         self.log.close()
         try:
             os.execv(binary, argv)  # noqa: S606 - our own monitor, by absolute path
@@ -331,34 +333,24 @@ class Shim:
         its ~10-20 ms of imports would delay every exit record: the monitor runs this
         module's :func:`scope_helper_main` when the move is due instead, and reads the
         helper's plan at the end."""
-        delay = ["--scope-delay-ms", str(round(SCOPE_DELAY * 1000))]
+        args = ["--scope-delay-ms", str(round(SCOPE_DELAY * 1000))]
         if "agent.runtime.cgroups" not in sys.modules:
             plan = os.path.join(self.dir, SCOPE_PLAN)
-            helper = [sys.executable, "-S", "-c", _SCOPE_BOOT, _PKG_ROOT, plan, self.id]
-            return [
-                *delay,
-                "--scope-plan",
-                plan,
-                *(a for h in helper for a in ("--scope-helper-arg", h)),
-            ]
+            args += ["--scope-plan", plan]
+            for arg in _entry("scope_helper_main", plan, self.id):
+                args += ["--scope-helper-arg", arg]
+            return args
         try:
-            from agent.runtime.cgroups import new_manager
-
-            mgr = new_manager(shim_cgroup(self.id))
-            dirs = mgr.dirs()
-            if dirs is None:
+            mgr, scope, shims = _scope_layout(self.id)
+            if scope is None:
                 mgr.create()
                 mgr.apply(os.getpid())
                 return []
-            shims = new_manager(SHIM_SLICE)
-            shims.create()  # the slice, once per host; the monitor makes its scope when due
-            slice_dirs = shims.dirs() or []
         except Exception:
             return []  # as the Python loop: the monitor keeps working where it is
-        args = delay
-        for path in dict.fromkeys(os.path.realpath(d) for d in dirs):
+        for path in scope:  # the monitor makes these when the move is due
             args += ["--scope-procs", f"{path}/cgroup.procs", "--scope-dir", path]
-        for path in dict.fromkeys(os.path.realpath(d) for d in slice_dirs):
+        for path in shims:
             args += ["--slice-procs", f"{path}/cgroup.procs"]
         return args
 
@@ -696,17 +688,29 @@ def scope_helper_main(args: list[str]) -> NoReturn:
     plan, container_id = args
     monitor = os.getppid()
     with contextlib.suppress(Exception):
-        from agent.runtime.cgroups import new_manager
-
-        mgr = new_manager(shim_cgroup(container_id))
+        mgr, scope, shims = _scope_layout(container_id)
         mgr.create()
         mgr.apply(monitor)
-        lines = []
-        dirs = mgr.dirs()
-        if dirs is not None:  # cgroupfs; a systemd scope goes away by itself once empty
-            lines += [f"dir {d}" for d in dict.fromkeys(os.path.realpath(d) for d in dirs)]
-            slice_dirs = new_manager(SHIM_SLICE).dirs() or []
-            real = dict.fromkeys(os.path.realpath(d) for d in slice_dirs)
-            lines += [f"slice {d}/cgroup.procs" for d in real]
+        # A systemd scope (scope None) goes away by itself once empty: nothing to undo.
+        lines = [f"dir {d}" for d in scope or ()] + [f"slice {d}/cgroup.procs" for d in shims]
         write_atomic(plan, "".join(f"{line}\n" for line in lines))
     os._exit(0)
+
+
+def _scope_layout(container_id: str) -> tuple[Any, list[str] | None, list[str]]:
+    """The shim's scope: its manager, its directories (one per hierarchy) and the shims'
+    slice's, each a real path once (``cpu`` and ``cpuacct`` may be one hierarchy). Under
+    systemd, whose scopes are units made and entered through the driver, no directories."""
+    from agent.runtime.cgroups import new_manager
+
+    mgr = new_manager(shim_cgroup(container_id))
+    dirs = mgr.dirs()
+    if dirs is None:
+        return mgr, None, []
+    shims = new_manager(SHIM_SLICE)
+    shims.create()  # once per host; the scope itself is made only when the move is due
+    return mgr, _real_once(dirs), _real_once(shims.dirs() or [])
+
+
+def _real_once(dirs: list[str]) -> list[str]:
+    return list(dict.fromkeys(os.path.realpath(d) for d in dirs))

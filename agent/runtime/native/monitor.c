@@ -49,14 +49,6 @@
 #define DRAIN_MS 200
 #define OOM_RECHECK_MS 100
 
-struct stream {
-	const char *name;
-	int fd;
-	char *buf; /* bytes not yet ended by a newline */
-	size_t len, cap;
-	int order; /* when its partial line was last kept: flushed in that order, like Python */
-};
-
 static const char *log_path;
 static char log_rotated[4096];
 static long long log_max = 10LL * 1024 * 1024;
@@ -117,6 +109,13 @@ static void out_bytes(struct out *o, const char *s, size_t n)
 }
 
 static void out_str(struct out *o, const char *s) { out_bytes(o, s, strlen(s)); }
+
+struct stream {
+	const char *name;
+	int fd;
+	struct out pending; /* bytes not yet ended by a newline */
+	int order; /* when its partial line was last kept: flushed in that order, like Python */
+};
 
 static void out_u16(struct out *o, unsigned v)
 {
@@ -279,34 +278,24 @@ static void log_entry(const char *stream, const unsigned char *line, size_t n)
 
 static void stream_add(struct stream *s, const unsigned char *data, size_t n)
 {
-	if (s->len + n > s->cap) {
-		size_t cap = s->cap ? s->cap : 4096;
-		while (cap < s->len + n)
-			cap *= 2;
-		char *p = realloc(s->buf, cap);
-		if (!p)
-			die("out of memory");
-		s->buf = p;
-		s->cap = cap;
-	}
-	memcpy(s->buf + s->len, data, n);
-	s->len += n;
+	struct out *b = &s->pending;
+	out_bytes(b, (const char *)data, n);
 	size_t start = 0;
-	for (size_t i = 0; i < s->len; i++) {
-		if (s->buf[i] == '\n') {
-			log_entry(s->name, (unsigned char *)s->buf + start, i + 1 - start);
+	for (size_t i = 0; i < b->len; i++) {
+		if (b->p[i] == '\n') {
+			log_entry(s->name, (unsigned char *)b->p + start, i + 1 - start);
 			start = i + 1;
 		}
 	}
-	size_t rest = s->len - start;
+	size_t rest = b->len - start;
 	if (rest > PARTIAL_FLUSH) {
-		log_entry(s->name, (unsigned char *)s->buf + start, rest);
+		log_entry(s->name, (unsigned char *)b->p + start, rest);
 		rest = 0;
 	} else if (rest > 0) {
 		s->order = ++partial_clock; /* Python's dict pops and re-inserts it: now the last */
 	}
-	memmove(s->buf, s->buf + s->len - rest, rest);
-	s->len = rest;
+	memmove(b->p, b->p + b->len - rest, rest);
+	b->len = rest;
 }
 
 static void streams_flush(struct stream *streams, int count)
@@ -314,12 +303,12 @@ static void streams_flush(struct stream *streams, int count)
 	for (;;) { /* oldest partial line first */
 		struct stream *next = NULL;
 		for (int i = 0; i < count; i++)
-			if (streams[i].len && (!next || streams[i].order < next->order))
+			if (streams[i].pending.len && (!next || streams[i].order < next->order))
 				next = &streams[i];
 		if (!next)
 			return;
-		log_entry(next->name, (unsigned char *)next->buf, next->len);
-		next->len = 0;
+		log_entry(next->name, (unsigned char *)next->pending.p, next->pending.len);
+		next->pending.len = 0;
 	}
 }
 
@@ -356,55 +345,62 @@ static void write_pid_to(const char *const *files, int count)
 	}
 }
 
-/* mkdir the scope in each hierarchy; a new v1 cpuset starts with empty cpus and mems and
- * refuses tasks until they are set: copy its parent's (as V1Manager does). */
+/* A small (cgroup) file's text, NUL-terminated; its length, or -1. */
+static ssize_t read_small(const char *path, char *text, size_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, text, size - 1);
+	close(fd);
+	text[n > 0 ? n : 0] = 0;
+	return n;
+}
+
+/* A new v1 cpuset starts with empty cpus and mems and refuses tasks until they are set:
+ * copy the parent's (as V1Manager does). Nothing to do where the file is absent (v2, other
+ * controllers). */
+static void inherit_cpuset(const char *dir, const char *name)
+{
+	char path[4200], parent[4200], value[4096];
+	snprintf(path, sizeof path, "%s/%s", dir, name);
+	ssize_t len = read_small(path, value, sizeof value);
+	if (len < 0 || len > 1) /* absent, or set already (empty reads as "\n") */
+		return;
+	snprintf(parent, sizeof parent, "%s", dir);
+	char *slash = strrchr(parent, '/');
+	if (!slash)
+		return;
+	snprintf(slash, sizeof parent - (size_t)(slash - parent), "/%s", name);
+	ssize_t n = read_small(parent, value, sizeof value);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (n > 0 && fd >= 0 && write(fd, value, (size_t)n) < 0) {
+		/* the move then fails: the monitor stays where it is, as the Python shim would */
+	}
+	if (fd >= 0)
+		close(fd);
+}
+
+/* mkdir the scope in each hierarchy. */
 static void make_dirs(const char *const *dirs, int count)
 {
 	for (int i = 0; i < count; i++) {
 		if (mkdir(dirs[i], 0755) != 0)
 			continue;
-		static const char *const names[] = {"cpuset.cpus", "cpuset.mems"};
-		for (int k = 0; k < 2; k++) {
-			char path[4200], parent[4200], value[4096];
-			snprintf(path, sizeof path, "%s/%s", dirs[i], names[k]);
-			int fd = open(path, O_RDWR | O_CLOEXEC);
-			if (fd < 0)
-				continue;
-			ssize_t n = read(fd, value, sizeof value - 1);
-			if (n <= 1) { /* empty: just "\n" */
-				snprintf(parent, sizeof parent, "%s", dirs[i]);
-				char *slash = strrchr(parent, '/');
-				if (slash) {
-					snprintf(slash, sizeof parent - (size_t)(slash - parent), "/%s",
-						 names[k]);
-					int pfd = open(parent, O_RDONLY | O_CLOEXEC);
-					if (pfd >= 0) {
-						ssize_t m = read(pfd, value, sizeof value - 1);
-						if (m > 0 && write(fd, value, (size_t)m) < 0) {
-							/* the move below then fails: we stay where we are */
-						}
-						close(pfd);
-					}
-				}
-			}
-			close(fd);
-		}
+		inherit_cpuset(dirs[i], "cpuset.cpus");
+		inherit_cpuset(dirs[i], "cpuset.mems");
 	}
 }
 
+/* The number on the line "KEY N" of a keyed file (memory.events, memory.oom_control). */
 static long long read_key(const char *path, const char *key)
 {
 	char text[4096];
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (read_small(path, text, sizeof text) <= 0)
 		return -1;
-	ssize_t n = read(fd, text, sizeof text - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	text[n] = 0;
 	size_t klen = strlen(key);
-	for (char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+	for (char *line = text; line; line = strchr(line, '\n')) {
+		line += *line == '\n';
 		if (strncmp(line, key, klen) == 0 && line[klen] == ' ')
 			return strtoll(line + klen + 1, NULL, 10);
 	}
@@ -482,7 +478,7 @@ int main(int argc, char **argv)
 	int n_helper = 0;
 	const char *scope_plan = NULL;
 	pid_t helper = 0;
-	struct stream streams[2] = {{"stdout", -1, 0, 0, 0, 0}, {"stderr", -1, 0, 0, 0, 0}};
+	struct stream streams[2] = {{.name = "stdout", .fd = -1}, {.name = "stderr", .fd = -1}};
 	int opt;
 	while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
 		switch (opt) {
